@@ -1,0 +1,44 @@
+# Quick start: `make demo`, then `make test`. Both set up everything they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: setup graphviz demo test lint samples bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Graphviz's dot renders .svg/.png/.pdf; .json/.dot/.graphml work without it.
+graphviz:
+	@if ! command -v dot >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Graphviz (Debian package graphviz)" >&2; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; \
+	  else \
+	    echo "note: Graphviz's dot is missing; install it (sudo apt-get install graphviz, or brew install graphviz) to render diagrams" >&2; \
+	  fi; \
+	fi
+
+setup: $(STAMP) graphviz
+
+demo: setup
+	mkdir -p demo
+	$(VENV)/bin/gradviz inspect samples/shared_trunk.keras -o demo/shared_trunk.json
+	@echo "demo report written to demo/" >&2
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(PY) -m mypy
+
+samples: setup
+	$(PY) samples/make_samples.py
+
+clean:
+	rm -rf $(VENV) demo build *.egg-info

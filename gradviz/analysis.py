@@ -1,0 +1,662 @@
+"""Join gradient statistics with the model graph: reach, status, shares, findings.
+
+Pure Python and NumPy (no TensorFlow): every figure here is derived from the
+per-variable Gram matrices of :class:`gradviz.gradients.GradientStats`, so the
+same code answers "what happens under other loss weights" without recomputing
+gradients.
+
+Definitions (documented in the README):
+
+* ``grad_norm[k]`` of a layer: L2 norm, over the layer's trainable variables,
+  of loss k's unweighted gradient; None when it does not exist.
+* ``combined_grad_norm``: norm of ``sum_k w_k g_k``, what the training step applies.
+* ``share[k]``: ``<w_k g_k, g> / |g|^2`` with ``g = sum_j w_j g_j``: the part of
+  the combined gradient loss k accounts for, measured along that gradient.
+  Shares add up to 1; a loss pulling against the others has a negative share.
+* ``cosine[i, j]``: ``<g_i, g_j> / (|g_i| |g_j|)``; a pair conflicts below 0 (PCGrad).
+* ``magnitude_similarity[i, j]``: ``2 |g_i| |g_j| / (|g_i|^2 + |g_j|^2)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import networkx as nx
+import numpy as np
+
+from gradviz.gradients import GradientStats
+from gradviz.spec import LossSpec
+from gradviz.topology import Topology
+
+SEVERITIES = ("info", "warning", "error")
+STATUSES = ("shared", "exclusive", "dead", "unreached", "no-trainable-weights")
+LOSS_NODE_PREFIX = "loss:"
+#: a trunk cosine below minus this is a clear conflict (a warning); between it and 0, info
+CLEAR_CONFLICT = 0.1
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a figure becomes a finding.
+
+    Attributes:
+        vanishing: a loss whose weighted gradient on the trunk is below this
+            fraction of the largest other loss's is ``vanishing``.
+        dominated: a loss whose share of the trunk's gradient is at least this is ``dominated``.
+    """
+
+    vanishing: float = 1e-3
+    dominated: float = 0.95
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    """A loss as the report shows it."""
+
+    name: str
+    loss: str
+    weight: float
+    value: float
+    output: str | None
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A figure about two losses on one layer."""
+
+    losses: tuple[str, str]
+    cosine: float
+    magnitude_similarity: float
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A graph node (layer, operation, input) with its per-loss figures."""
+
+    name: str
+    class_name: str
+    kind: str
+    parent: str
+    trainable_params: int
+    grad_norm: dict[str, float | None]
+    combined_grad_norm: float | None
+    reached_by: tuple[str, ...]
+    status: str
+    share: dict[str, float]
+    pairs: tuple[Pair, ...]
+    output_shape: str
+
+
+@dataclass(frozen=True)
+class VariableInfo:
+    """A trainable variable with its per-loss figures."""
+
+    path: str
+    layer: str
+    shape: tuple[int, ...]
+    grad_norm: dict[str, float | None]
+    combined_grad_norm: float | None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something the user should know, with the losses and layers it concerns."""
+
+    kind: str
+    severity: str
+    message: str
+    losses: tuple[str, ...] = ()
+    layers: tuple[str, ...] = ()
+
+
+@dataclass
+class Report:
+    """The analysis of one model under one weighting.
+
+    ``graph`` is the networkx graph (layers, operations and one node per loss,
+    named ``loss:<name>``) with every figure as node attributes.
+    """
+
+    model_name: str
+    losses: list[LossInfo]
+    layers: list[LayerInfo]
+    variables: list[VariableInfo]
+    edges: list[tuple[str, str]]
+    findings: list[Finding]
+    graph: nx.DiGraph
+    trunk: LayerInfo | None
+    meta: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    stats: GradientStats | None = field(default=None, repr=False)
+    topology: Topology | None = field(default=None, repr=False)
+    spec: LossSpec | None = field(default=None, repr=False)
+
+    def layer(self, name: str) -> LayerInfo:
+        """The layer called ``name``."""
+        for info in self.layers:
+            if info.name == name:
+                return info
+        raise KeyError(name)
+
+    def findings_of(self, kind: str) -> list[Finding]:
+        """The findings of one kind."""
+        return [f for f in self.findings if f.kind == kind]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON report as plain Python data (the documented contract)."""
+        return {
+            "model": self.model_name,
+            "losses": [
+                {"name": l.name, "loss": l.loss, "weight": l.weight, "value": _num(l.value), "output": l.output}
+                for l in self.losses
+            ],
+            "layers": [_layer_dict(info) for info in self.layers],
+            "trunk": _layer_dict(self.trunk) if self.trunk else None,
+            "variables": [
+                {
+                    "path": v.path,
+                    "layer": v.layer,
+                    "shape": list(v.shape),
+                    "grad_norm": {k: _num(x) for k, x in v.grad_norm.items()},
+                    "combined_grad_norm": _num(v.combined_grad_norm),
+                }
+                for v in self.variables
+            ],
+            "edges": [{"source": s, "target": t} for s, t in self.edges],
+            "findings": [
+                {"kind": f.kind, "severity": f.severity, "message": f.message, "losses": list(f.losses), "layers": list(f.layers)}
+                for f in self.findings
+            ],
+            "meta": self.meta,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The JSON report as text."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+def _num(x: float | None) -> float | str | None:
+    """JSON-safe number: NaN and Inf become strings, since JSON has no such numbers."""
+    if x is None:
+        return None
+    if math.isnan(x) or math.isinf(x):
+        return str(x)
+    return float(x)
+
+
+def _layer_dict(info: LayerInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "class": info.class_name,
+        "kind": info.kind,
+        "parent": info.parent or None,
+        "output_shape": info.output_shape,
+        "trainable_params": info.trainable_params,
+        "grad_norm": {k: _num(x) for k, x in info.grad_norm.items()},
+        "combined_grad_norm": _num(info.combined_grad_norm),
+        "reached_by": list(info.reached_by),
+        "status": info.status,
+        "share": {k: _num(x) for k, x in info.share.items()},
+        "cosine": [{"losses": list(p.losses), "value": _num(p.cosine)} for p in info.pairs],
+        "magnitude_similarity": [{"losses": list(p.losses), "value": _num(p.magnitude_similarity)} for p in info.pairs],
+    }
+
+
+# -- figures from Gram matrices ----------------------------------------------
+
+
+def _sqrt(x: float) -> float:
+    return math.sqrt(x) if x > 0 else (x if math.isnan(x) else 0.0)
+
+
+def combined_norm(gram: np.ndarray, weights: np.ndarray) -> float:
+    """Norm of ``sum_k w_k g_k`` from the Gram matrix of the ``g_k``.
+
+    Example:
+        >>> g = np.array([[4.0, 0.0], [0.0, 9.0]])  # |g1| = 2, |g2| = 3, orthogonal
+        >>> combined_norm(g, np.array([1.0, 1.0]))  # sqrt(4 + 9)
+        3.605551275463989
+    """
+    return _sqrt(float(weights @ gram @ weights))
+
+
+def shares(gram: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each loss's share of the combined gradient: ``w_k <g_k, g> / |g|^2``; sums to 1.
+
+    Example:
+        >>> shares(np.array([[1.0, -0.5], [-0.5, 4.0]]), np.array([1.0, 1.0])).round(3).tolist()
+        [0.125, 0.875]
+    """
+    total = float(weights @ gram @ weights)
+    if not total > 0:
+        return np.zeros(len(weights))
+    return weights * (gram @ weights) / total
+
+
+def cosine(gram: np.ndarray, i: int, j: int) -> float:
+    """Cosine similarity of gradients i and j (NaN when either is zero).
+
+    Example:
+        >>> cosine(np.array([[1.0, -1.0], [-1.0, 4.0]]), 0, 1)
+        -0.5
+    """
+    denom = math.sqrt(gram[i, i] * gram[j, j]) if gram[i, i] > 0 and gram[j, j] > 0 else 0.0
+    return float(gram[i, j] / denom) if denom > 0 else float("nan")
+
+
+def magnitude_similarity(gram: np.ndarray, i: int, j: int) -> float:
+    """``2 |g_i| |g_j| / (|g_i|^2 + |g_j|^2)``: 1 for equal norms, near 0 for very different ones.
+
+    Example:
+        >>> magnitude_similarity(np.array([[1.0, 0.0], [0.0, 1.0]]), 0, 1)
+        1.0
+    """
+    total = gram[i, i] + gram[j, j]
+    return float(2 * math.sqrt(max(gram[i, i], 0) * max(gram[j, j], 0)) / total) if total > 0 else float("nan")
+
+
+# -- the analysis -------------------------------------------------------------
+
+
+def analyze_stats(
+    topology: Topology,
+    stats: GradientStats,
+    spec: LossSpec,
+    *,
+    model_name: str = "model",
+    thresholds: Thresholds = Thresholds(),
+) -> Report:
+    """Build the report from the graph, the gradient statistics and the loss spec.
+
+    The weights come from ``spec``; call again with ``spec.with_weights(...)``
+    for a what-if (no gradient is recomputed).
+    """
+    names = list(stats.loss_names)
+    term_by_name = {t.name: t for t in spec.terms}
+    missing = [n for n in names if n not in term_by_name]
+    if missing:
+        raise ValueError(f"the statistics have losses the spec lacks: {missing}")
+    weights = np.array([term_by_name[n].weight for n in names], dtype=np.float64)
+    output_losses = [i for i, n in enumerate(names) if not term_by_name[n].is_regularization]
+    graph = topology.graph
+    order = topology.layer_names
+
+    var_index: dict[str, list[int]] = {}
+    for index, info in enumerate(topology.variables):
+        var_index.setdefault(info.layer, []).append(index)
+
+    variables = [
+        VariableInfo(
+            info.path,
+            info.layer,
+            info.shape,
+            {n: (_sqrt(stats.gram[v, k, k]) if stats.exists[v, k] else None) for k, n in enumerate(names)},
+            combined_norm(stats.gram[v], weights) if stats.exists[v].any() else None,
+        )
+        for v, info in enumerate(topology.variables)
+    ]
+
+    layers = []
+    for name in order:
+        node = graph.nodes[name]
+        layers.append(
+            _layer_info(name, node, var_index.get(name, []), stats, names, weights, output_losses)
+        )
+    shared_vars = [v for info in layers if info.status == "shared" for v in var_index.get(info.name, [])]
+    trunk = (
+        _layer_info(
+            "(trunk)",
+            {"class_name": "trunk", "kind": "trunk", "parent": "", "output_shape": "",
+             "trainable_params": sum(info.trainable_params for info in layers if info.status == "shared")},
+            shared_vars, stats, names, weights, output_losses,
+        )
+        if shared_vars
+        else None
+    )
+    losses = [
+        LossInfo(n, term_by_name[n].loss, term_by_name[n].weight, float(stats.loss_values[k]), term_by_name[n].output)
+        for k, n in enumerate(names)
+    ]
+    analysed = _annotated_graph(topology, layers, losses)
+    findings = _findings(topology, stats, spec, layers, trunk, names, weights, output_losses, analysed, thresholds)
+    edges = sorted(analysed.edges, key=lambda e: (analysed.nodes[e[0]]["order"], analysed.nodes[e[1]]["order"], e))
+    return Report(
+        model_name=model_name,
+        losses=losses,
+        layers=layers,
+        variables=variables,
+        edges=[(s, t) for s, t in edges],
+        findings=findings,
+        graph=analysed,
+        trunk=trunk,
+        stats=stats,
+        topology=topology,
+        spec=spec,
+    )
+
+
+def _layer_info(
+    name: str,
+    node: dict[str, Any],
+    var_ids: list[int],
+    stats: GradientStats,
+    names: list[str],
+    weights: np.ndarray,
+    output_losses: list[int],
+) -> LayerInfo:
+    params = int(node.get("trainable_params", 0))
+    if not var_ids:
+        return LayerInfo(
+            name, node["class_name"], node["kind"], node.get("parent", ""), params,
+            {}, None, (), "no-trainable-weights", {}, (), node.get("output_shape", ""),
+        )
+    gram = stats.gram[var_ids].sum(axis=0)
+    exists = stats.exists[var_ids].any(axis=0)
+    max_abs = stats.max_abs[var_ids].max(axis=0)
+    grad_norm = {n: (_sqrt(gram[k, k]) if exists[k] else None) for k, n in enumerate(names)}
+    reached = tuple(names[k] for k in output_losses if exists[k] and max_abs[k] > 0)
+    if len(reached) >= 2:
+        status = "shared"
+    elif reached:
+        status = "exclusive"
+    elif any(exists[k] for k in output_losses):
+        status = "dead"
+    else:
+        status = "unreached"
+    share_values = shares(gram, weights)
+    share = {n: float(share_values[k]) for k, n in enumerate(names) if exists[k]} if exists.any() else {}
+    pairs = tuple(
+        Pair((names[i], names[j]), cosine(gram, i, j), magnitude_similarity(gram, i, j))
+        for a, i in enumerate(output_losses)
+        for j in output_losses[a + 1:]
+        if names[i] in reached and names[j] in reached
+    )
+    return LayerInfo(
+        name,
+        node["class_name"],
+        node["kind"],
+        node.get("parent", ""),
+        params,
+        grad_norm,
+        combined_norm(gram, weights) if exists.any() else None,
+        reached,
+        status,
+        share,
+        pairs,
+        node.get("output_shape", ""),
+    )
+
+
+def _annotated_graph(topology: Topology, layers: list[LayerInfo], losses: list[LossInfo]) -> nx.DiGraph:
+    graph = topology.graph.copy()
+    for info in layers:
+        graph.nodes[info.name].update(
+            grad_norm=info.grad_norm,
+            combined_grad_norm=info.combined_grad_norm,
+            reached_by=list(info.reached_by),
+            status=info.status,
+            share=info.share,
+        )
+    next_order = len(graph)
+    for loss in losses:
+        if loss.output is None:
+            continue
+        node = loss_node(loss.name, graph)
+        graph.add_node(
+            node, kind="loss", class_name="loss", parent="", loss=loss.loss, weight=loss.weight,
+            value=loss.value, output=loss.output, order=next_order, trainable_params=0, variables=[],
+            blocks_gradient=False, output_shape="", activation=None,
+        )
+        next_order += 1
+        source = topology.outputs.get(loss.output)
+        if source:
+            graph.add_edge(source, node, shape="")
+    return graph
+
+
+def loss_node(name: str, graph: nx.DiGraph | None = None) -> str:
+    """The graph node of a loss: ``loss:<name>`` (suffixed if a layer has that name).
+
+    Example:
+        >>> loss_node("C")
+        'loss:C'
+    """
+    node = f"{LOSS_NODE_PREFIX}{name}"
+    while graph is not None and node in graph and graph.nodes[node].get("kind") != "loss":
+        node += "_"
+    return node
+
+
+# -- findings -------------------------------------------------------------------
+
+
+def _findings(
+    topology: Topology,
+    stats: GradientStats,
+    spec: LossSpec,
+    layers: list[LayerInfo],
+    trunk: LayerInfo | None,
+    names: list[str],
+    weights: np.ndarray,
+    output_losses: list[int],
+    graph: nx.DiGraph,
+    thresholds: Thresholds,
+) -> list[Finding]:
+    found: list[Finding] = []
+    by_name = {info.name: info for info in layers}
+    trainable = [info for info in layers if info.trainable_params > 0]
+    dead_heads: set[str] = set()
+
+    for output in spec.unlossed_outputs:
+        found.append(Finding(
+            "no-loss-output", "warning",
+            f"output '{output}' has no loss: nothing trains the layers only it uses",
+            (), (topology.outputs.get(output, output),),
+        ))
+    for term in spec.terms:
+        if term.weight == 0:
+            found.append(Finding(
+                "zero-weight", "warning",
+                f"loss '{term.name}' has weight 0: it is computed but trains nothing",
+                (term.name,), (),
+            ))
+
+    # nan-gradient: non-finite loss values or gradients
+    for k, name in enumerate(names):
+        bad_vars = [v for v in range(len(topology.variables)) if stats.exists[v, k] and not stats.finite[v, k]]
+        value_bad = not math.isfinite(float(stats.loss_values[k]))
+        if not bad_vars and not value_bad:
+            continue
+        bad_layers = _ordered({topology.variables[v].layer for v in bad_vars}, graph, reverse=True)
+        where = f"; non-finite gradients start at layer '{bad_layers[0]}' (closest to the output)" if bad_layers else ""
+        value_text = f"its value is {float(stats.loss_values[k])}" if value_bad else "its value is finite"
+        found.append(Finding(
+            "nan-gradient", "error",
+            f"loss '{name}': {value_text}{where}; {len(bad_layers)} layer(s) get NaN/Inf gradients",
+            (name,), tuple(bad_layers),
+        ))
+
+    # dead heads: a loss whose gradient is zero (or absent) on every weight
+    for k in output_losses:
+        name = names[k]
+        exists_any = bool(stats.exists[:, k].any())
+        nonzero = bool((stats.exists[:, k] & (stats.max_abs[:, k] > 0)).any())
+        if nonzero or not stats.finite[:, k].all():
+            continue
+        dead_heads.add(name)
+        why = (
+            "its gradient exists but is exactly zero on every weight (saturated or dead activations, "
+            "a constant output, or targets the loss cannot use)"
+            if exists_any
+            else "no gradient reaches any weight: every path from it to a weight is blocked"
+        )
+        found.append(Finding("dead-head", "error", f"loss '{name}' trains nothing: {why}", (name,), ()))
+
+    # blocked paths: a layer feeds an output, but the output's loss has no gradient there
+    for k in output_losses:
+        name = names[k]
+        term = next(t for t in spec.terms if t.name == name)
+        out_node = topology.outputs.get(term.output or "")
+        if not out_node or not topology.complete:
+            continue
+        upstream = nx.ancestors(graph, out_node) | {out_node}
+        blocked = [
+            info.name for info in trainable
+            if info.name in upstream and info.grad_norm.get(name) is None
+        ]
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for layer in blocked:
+            groups.setdefault(_first_blockers(graph, layer, out_node), []).append(layer)
+        for blockers, group in sorted(groups.items()):
+            group = _ordered(group, graph)
+            if blockers:
+                where = " and ".join(f"{b} ({graph.nodes[b]['class_name']})" for b in blockers)
+                message = (
+                    f"loss '{name}': gradient blocked at {where}; layer(s) {', '.join(group)} feed "
+                    f"output '{term.output}' but get no gradient from its loss"
+                )
+                for b in blockers:
+                    for pred in graph.predecessors(b):
+                        graph.edges[pred, b].setdefault("blocked_for", []).append(name)
+                    graph.nodes[b].setdefault("blocks_for", []).append(name)
+            else:
+                message = (
+                    f"loss '{name}': layer(s) {', '.join(group)} feed output '{term.output}' but get no "
+                    "gradient from its loss, and no known gradient-blocking operation lies between them "
+                    "(a custom layer or a non-differentiable op cuts the path)"
+                )
+            found.append(Finding("blocked-path", "error", message, (name,), tuple(group) + tuple(blockers)))
+
+    # unreached layers: trainable weights that no loss reaches
+    unreached = [info for info in trainable if info.status == "unreached"]
+    if unreached:
+        reg = [names.index(n) for n in names if n not in [names[k] for k in output_losses]]
+        no_grad = []
+        reg_only = []
+        for info in unreached:
+            ids = [v for v, var in enumerate(topology.variables) if var.layer == info.name]
+            if reg and stats.exists[np.ix_(ids, reg)].any():
+                reg_only.append(info.name)
+            else:
+                no_grad.append(info.name)
+        parts = []
+        if no_grad:
+            parts.append(f"{', '.join(no_grad)} get no gradient at all (Keras warns 'Gradients do not exist' for their variables)")
+        if reg_only:
+            parts.append(f"{', '.join(reg_only)} get only the regularization gradient (weight decay, no learning)")
+        found.append(Finding(
+            "unreached-layer", "warning",
+            f"{len(unreached)} layer(s) with trainable weights are reached by no loss: " + "; ".join(parts),
+            (), tuple(info.name for info in unreached),
+        ))
+
+    # dead layers: a loss's gradient exists there but is exactly zero
+    for k in output_losses:
+        name = names[k]
+        if name in dead_heads:
+            continue
+        dead = [
+            info.name for info in trainable
+            if info.grad_norm.get(name) is not None and name not in info.reached_by
+            and all(math.isfinite(x) for x in [info.grad_norm[name] or 0.0])
+        ]
+        if dead:
+            found.append(Finding(
+                "dead-layer", "warning",
+                f"loss '{name}': gradient exists but is exactly zero on {', '.join(dead)} "
+                "(dead ReLUs, saturated activations, or zero inputs)",
+                (name,), tuple(dead),
+            ))
+
+    # trunk balance: vanishing, dominated, conflict
+    if trunk is not None:
+        reaching = [k for k in output_losses if names[k] in trunk.reached_by and weights[k] > 0]
+        weighted = {k: weights[k] * (trunk.grad_norm.get(names[k]) or 0.0) for k in reaching}
+        if len(reaching) >= 2:
+            for k in reaching:
+                others = max(weighted[j] for j in reaching if j != k)
+                if others > 0 and weighted[k] < thresholds.vanishing * others:
+                    top = max((j for j in reaching if j != k), key=lambda j: weighted[j])
+                    found.append(Finding(
+                        "vanishing", "warning",
+                        f"loss '{names[k]}': its weighted gradient on the shared trunk ({weighted[k]:.3g}) is "
+                        f"{others / weighted[k] if weighted[k] > 0 else float('inf'):.3g}x smaller than "
+                        f"'{names[top]}''s ({others:.3g}); it barely trains the trunk",
+                        (names[k], names[top]), (),
+                    ))
+            for k in reaching:
+                share_k = trunk.share.get(names[k], 0.0)
+                if share_k >= thresholds.dominated:
+                    drowned = [names[j] for j in reaching if j != k]
+                    found.append(Finding(
+                        "dominated", "warning",
+                        f"loss '{names[k]}' provides {share_k:.1%} of the shared trunk's gradient; "
+                        f"{', '.join(drowned)} {'barely shapes' if len(drowned) == 1 else 'barely shape'} it",
+                        (names[k], *drowned), (),
+                    ))
+        for pair in trunk.pairs:
+            conflicting = [
+                info.name for info in layers if info.status == "shared"
+                for p in info.pairs if p.losses == pair.losses and p.cosine < 0
+            ]
+            if not conflicting and not pair.cosine < 0:
+                continue
+            # Near-orthogonal gradients (random init) dip below 0 by noise: warn only for a clear conflict.
+            severity = "warning" if pair.cosine < -CLEAR_CONFLICT else "info"
+            found.append(Finding(
+                "conflict", severity,
+                f"losses '{pair.losses[0]}' and '{pair.losses[1]}' pull the shared trunk in "
+                f"{'opposing' if pair.cosine < 0 else 'partly opposing'} directions (trunk cosine {pair.cosine:.3f}; "
+                f"negative on {len(conflicting)} shared layer(s){': ' + ', '.join(conflicting[:8]) if conflicting else ''}"
+                f"{' ...' if len(conflicting) > 8 else ''})",
+                pair.losses, tuple(conflicting),
+            ))
+
+    # a squashing activation feeding another trainable layer: a head chained behind another?
+    for info in trainable:
+        activation = graph.nodes[info.name].get("activation")
+        if activation not in ("softmax", "sigmoid"):
+            continue
+        downstream = [n for n in graph.successors(info.name) if graph.nodes[n].get("trainable_params", 0) > 0]
+        if downstream:
+            found.append(Finding(
+                "chained-head", "info",
+                f"layer '{info.name}' ends in {activation} but feeds '{downstream[0]}': an output head chained "
+                "behind another? (a Sequential model has one output; use the functional API for two heads)",
+                (), (info.name, downstream[0]),
+            ))
+    if not topology.complete:
+        found.append(Finding(
+            "incomplete-graph", "info",
+            "part of the model is subclassed Python code: its layers are listed, but paths through it are unknown",
+        ))
+    severity_rank = {s: i for i, s in enumerate(SEVERITIES)}
+    return sorted(found, key=lambda f: (-severity_rank[f.severity], f.kind, f.message))
+
+
+def _ordered(nodes: Iterable[str], graph: nx.DiGraph, reverse: bool = False) -> list[str]:
+    return sorted(nodes, key=lambda n: graph.nodes[n]["order"], reverse=reverse)
+
+
+def _first_blockers(graph: nx.DiGraph, layer: str, output: str) -> tuple[str, ...]:
+    """The gradient-blocking nodes on paths from ``layer`` to ``output`` that the gradient meets first."""
+    between = (nx.descendants(graph, layer) & nx.ancestors(graph, output)) | {output}
+    blockers = {n for n in between if graph.nodes[n].get("blocks_gradient")}
+    first = {b for b in blockers if not (nx.descendants(graph, b) & blockers)}
+    return tuple(_ordered(first, graph))
+
+
+def severity_at_least(findings: Sequence[Finding], level: str) -> list[Finding]:
+    """The findings of severity ``level`` or worse.
+
+    Example:
+        >>> fs = [Finding("a", "info", ""), Finding("b", "error", "")]
+        >>> [f.kind for f in severity_at_least(fs, "warning")]
+        ['b']
+    """
+    rank = SEVERITIES.index(level)
+    return [f for f in findings if SEVERITIES.index(f.severity) >= rank]

@@ -1,0 +1,257 @@
+"""Batches to compute gradients on: a user's ``.npz`` file or seeded synthetic data.
+
+``.npz`` keys are ``x`` / ``y`` for a single input / output, or
+``x:<input name>`` and ``y:<output name>``. Synthetic inputs are standard
+normal floats, or integer ids within the vocabulary for inputs that feed an
+Embedding; synthetic targets suit each loss (0/1 for binary crossentropy,
+one-hot for categorical, class ids for sparse, positive values for Poisson,
+standard normal values for regression).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from gradviz.errors import DataError
+
+#: Size used for a dimension the model leaves unknown (e.g. sequence length).
+UNKNOWN_DIM = 16
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A model input or output as data must match it.
+
+    Attributes:
+        name: the input or output name.
+        shape: the shape, batch dimension first (None where unknown).
+        dtype: the dtype name (``float32``, ``int32``, ``string``).
+        id_range: for integer inputs that feed an Embedding, the vocabulary size.
+        kind: for outputs, the targets the loss expects (see ``spec.target_kind``).
+    """
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+    id_range: int | None = None
+    kind: str = "real"
+
+
+@dataclass(frozen=True)
+class Data:
+    """Rows for ``batches`` batches of ``batch_size``.
+
+    Attributes:
+        x: one array per model input, in input order.
+        y: one array per output that carries a loss.
+        batch_size: rows per batch.
+        batches: number of batches.
+        synthetic: whether gradviz made the data up.
+    """
+
+    x: tuple[np.ndarray, ...]
+    y: Mapping[str, np.ndarray]
+    batch_size: int
+    batches: int
+    synthetic: bool
+
+    def batch(self, index: int) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        """The inputs and targets of batch ``index``.
+
+        Example:
+            >>> d = Data((np.arange(6.0).reshape(6, 1),), {"y": np.zeros((6, 1))}, 2, 3, True)
+            >>> d.batch(1)[0][0].ravel().tolist()
+            [2.0, 3.0]
+        """
+        lo, hi = index * self.batch_size, (index + 1) * self.batch_size
+        return [a[lo:hi] for a in self.x], {k: v[lo:hi] for k, v in self.y.items()}
+
+
+def check_counts(batch_size: int, batches: int) -> None:
+    """Reject a batch size or count below 1.
+
+    Raises:
+        DataError: either is below 1.
+    """
+    if batch_size < 1:
+        raise DataError(f"--batch-size must be at least 1, got {batch_size}")
+    if batches < 1:
+        raise DataError(f"--batches must be at least 1, got {batches}")
+
+
+def synthetic(
+    inputs: Sequence[TensorInfo],
+    targets: Sequence[TensorInfo],
+    *,
+    batch_size: int,
+    batches: int,
+    seed: int,
+) -> Data:
+    """Seeded data shaped from the model's inputs and suited to each loss.
+
+    Uses its own ``numpy.random.Generator``: the caller's global random state
+    is left alone.
+
+    Example:
+        >>> d = synthetic([TensorInfo("x", (None, 3), "float32")],
+        ...               [TensorInfo("C", (None, 4), "float32", kind="sparse")],
+        ...               batch_size=5, batches=2, seed=0)
+        >>> d.x[0].shape, d.y["C"].shape, int(d.y["C"].max()) < 4
+        ((10, 3), (10,), True)
+
+    Raises:
+        DataError: an input takes strings, which cannot be made up.
+    """
+    check_counts(batch_size, batches)
+    rng = np.random.default_rng(seed)
+    rows = batch_size * batches
+    xs = []
+    for info in inputs:
+        shape = (rows,) + tuple(UNKNOWN_DIM if d is None else int(d) for d in info.shape[1:])
+        if "str" in info.dtype or info.dtype == "object":
+            raise DataError(
+                f"input '{info.name}' takes strings, which gradviz cannot make up; "
+                "pass --data FILE.npz with an array under 'x' or 'x:" + info.name + "'"
+            )
+        if "int" in info.dtype or info.id_range is not None:
+            high = info.id_range if info.id_range else 10
+            dtype = info.dtype if "int" in info.dtype else "int32"
+            xs.append(rng.integers(0, max(high, 1), size=shape).astype(dtype))
+        elif info.dtype == "bool":
+            xs.append(rng.integers(0, 2, size=shape).astype(bool))
+        else:
+            xs.append(rng.standard_normal(shape).astype(info.dtype if "float" in info.dtype else "float32"))
+    ys = {info.name: _target(info, rows, rng) for info in targets}
+    return Data(tuple(xs), ys, batch_size, batches, True)
+
+
+def _target(info: TensorInfo, rows: int, rng: np.random.Generator) -> np.ndarray:
+    dims = tuple(UNKNOWN_DIM if d is None else int(d) for d in info.shape[1:])
+    classes = dims[-1] if dims else 1
+    kind = info.kind
+    if kind == "categorical" and classes == 1:
+        kind = "binary"  # 'crossentropy' on a one-unit output is binary, as in Keras
+    if kind == "binary":
+        return rng.integers(0, 2, size=(rows,) + dims).astype("float32")
+    if kind == "sparse":
+        return rng.integers(0, max(classes, 1), size=(rows,) + dims[:-1]).astype("int32")
+    if kind == "categorical":
+        ids = rng.integers(0, classes, size=(rows,) + dims[:-1])
+        return np.eye(classes, dtype="float32")[ids]
+    if kind == "positive":
+        return rng.poisson(2.0, size=(rows,) + dims).astype("float32")
+    return rng.standard_normal((rows,) + dims).astype("float32")
+
+
+def load_npz(
+    path: str | Path,
+    inputs: Sequence[TensorInfo],
+    targets: Sequence[TensorInfo],
+    *,
+    batch_size: int,
+    batches: int,
+) -> Data:
+    """Read and check a ``.npz`` file of inputs and targets.
+
+    Args:
+        path: the file.
+        inputs: the model's inputs, in order.
+        targets: the outputs that carry a loss.
+        batch_size: rows per batch.
+        batches: number of batches; the file needs ``batch_size * batches`` rows.
+
+    Raises:
+        DataError: not an ``.npz`` file, a key missing, a shape, dtype or row
+            count that does not fit, or NaN/Inf values.
+    """
+    check_counts(batch_size, batches)
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"no such data file: {file} (expected an .npz file)")
+    if file.suffix != ".npz" or not zipfile.is_zipfile(file):
+        raise DataError(f"{file} is not an .npz file; save one with numpy.savez(path, x=..., y=...)")
+    expected_x = _keys("x", inputs)
+    expected_y = _keys("y", targets)
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            keys = set(archive.files)
+            xs = tuple(_array(archive, keys, options, info, file) for options, info in zip(expected_x, inputs))
+            ys = {info.name: _array(archive, keys, options, info, file) for options, info in zip(expected_y, targets)}
+    except DataError:
+        raise
+    except Exception as e:  # numpy raises ValueError/OSError/zipfile errors for broken files
+        raise DataError(f"{file} cannot be read as .npz: {type(e).__name__}: {e}") from e
+    rows_needed = batch_size * batches
+    for name, array in [(i.name, a) for i, a in zip(inputs, xs)] + list(ys.items()):
+        if array.shape[0] < rows_needed:
+            raise DataError(
+                f"{file}: '{name}' has {array.shape[0]} rows, fewer than --batch-size {batch_size} "
+                f"x --batches {batches} = {rows_needed}"
+            )
+    for info, array in zip(inputs, xs):
+        _check_values(file, info.name, array, info.id_range)
+    for name, array in ys.items():
+        _check_values(file, name, array, None)
+    return Data(
+        tuple(a[:rows_needed] for a in xs),
+        {k: v[:rows_needed] for k, v in ys.items()},
+        batch_size,
+        batches,
+        False,
+    )
+
+
+def _keys(prefix: str, infos: Sequence[TensorInfo]) -> list[list[str]]:
+    """Acceptable keys per tensor: ``x:<name>``, and plain ``x`` when there is only one."""
+    return [[f"{prefix}:{info.name}"] + ([prefix] if len(infos) == 1 else []) for info in infos]
+
+
+def _array(archive: np.lib.npyio.NpzFile, keys: set[str], options: list[str], info: TensorInfo, file: Path) -> np.ndarray:
+    key = next((k for k in options if k in keys), None)
+    if key is None:
+        raise DataError(
+            f"{file} has no key {' or '.join(repr(k) for k in options)} for '{info.name}'; "
+            f"keys found: {', '.join(sorted(keys)) or 'none'}"
+        )
+    array = np.asarray(archive[key])
+    want = info.shape[1:]
+    if array.ndim == 0:
+        raise DataError(f"{file}: '{key}' is a scalar; expected rows of shape {_fmt(want)}")
+    is_sparse_target = info.kind == "sparse" and array.ndim == len(info.shape) - 1
+    compare = want[:-1] if is_sparse_target else want
+    if not is_sparse_target and array.ndim != len(info.shape) and not (array.ndim == len(info.shape) + 1 and array.shape[-1] == 1):
+        raise DataError(
+            f"{file}: '{key}' has shape {_fmt(array.shape)}; '{info.name}' expects (rows, {', '.join(map(_dim, want))})"
+        )
+    for got, expected in zip(array.shape[1:], compare):
+        if expected is not None and got != expected:
+            raise DataError(
+                f"{file}: '{key}' has shape {_fmt(array.shape)}; '{info.name}' expects (rows, {', '.join(map(_dim, want))})"
+            )
+    if array.dtype.kind not in "biuf":
+        if array.dtype.kind in "USO" and ("str" in info.dtype):
+            return array
+        raise DataError(f"{file}: '{key}' has dtype {array.dtype}; expected numbers ({info.dtype})")
+    return array
+
+
+def _check_values(file: Path, name: str, array: np.ndarray, id_range: int | None) -> None:
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise DataError(f"{file}: '{name}' contains NaN or Inf values; gradients on them are meaningless")
+    if id_range is not None and array.dtype.kind in "iu" and array.size:
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high >= id_range:
+            raise DataError(f"{file}: '{name}' holds ids from {low} to {high}; its Embedding takes ids in [0, {id_range})")
+
+
+def _dim(d: int | None) -> str:
+    return "None" if d is None else str(d)
+
+
+def _fmt(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join(map(_dim, shape)) + ")"

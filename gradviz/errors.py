@@ -1,0 +1,43 @@
+"""Typed errors: every failure a user can cause is one of these.
+
+Each error carries a one-line message that says what is wrong and what would
+be valid. The CLI turns them into ``Error: ...`` lines and exit codes; the
+Python API lets them propagate.
+"""
+
+from __future__ import annotations
+
+
+class GradvizError(Exception):
+    """Base class of every error gradviz reports to its user.
+
+    Example:
+        >>> str(GradvizError("no such file: m.keras"))
+        'no such file: m.keras'
+    """
+
+    exit_code = 1
+
+
+class ModelLoadError(GradvizError):
+    """The model file cannot be read or rebuilt."""
+
+
+class UnsafeModelError(ModelLoadError):
+    """The model file holds code (a Lambda layer) and --unsafe was not given."""
+
+
+class LossSpecError(GradvizError):
+    """The losses or loss weights to analyse are missing or invalid."""
+
+
+class DataError(GradvizError):
+    """The data file or the synthetic data cannot feed the model."""
+
+
+class OutputError(GradvizError):
+    """An output file cannot be written, or its format is unknown."""
+
+
+class GraphvizMissingError(GradvizError):
+    """Graphviz's ``dot`` program is needed but not installed."""

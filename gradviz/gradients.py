@@ -1,0 +1,277 @@
+"""Per-loss gradients of every trainable variable, reduced to statistics.
+
+The only module that runs ``tf.GradientTape``. One compiled function does one
+forward pass under a persistent tape and one backward pass per loss, and
+reduces the gradients inside the graph to, per variable, the loss-by-loss
+matrix of inner products (the Gram matrix) plus max-abs and finiteness flags.
+From the Gram matrix, the norm of any weighted sum of the losses' gradients
+follows (``sqrt(w^T G w)``), which is what analysis and the what-if use.
+
+The forward pass is ``model.stateless_call``: weights, BatchNorm moving
+statistics and seed-generator states are read, never written, so inspecting
+leaves the model as it was.
+
+A gradient that does not exist (no differentiable path: TensorFlow returns
+None) is kept apart from one that is zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from gradviz.data import Data
+from gradviz.errors import DataError, LossSpecError
+from gradviz.spec import REGULARIZATION, LossTerm, resolve_loss
+from gradviz.topology import output_tensors
+
+if TYPE_CHECKING:
+    import keras
+
+#: statistics of the gradient averaged over the batches (what training on them applies)
+MEAN_GRADIENT = "mean-gradient"
+#: average of per-batch statistics (no per-parameter accumulators)
+PER_BATCH = "per-batch"
+BATCH_MODES = (MEAN_GRADIENT, PER_BATCH)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class GradientStats:
+    """Reduced per-loss gradient statistics.
+
+    Attributes:
+        loss_names: the terms, in order (``regularization`` last, if the model has one).
+        gram: ``(V, K, K)`` float64: for variable v, ``gram[v, i, j]`` is the
+            inner product of loss i's and loss j's gradients (0 where one does not exist).
+        exists: ``(V, K)`` bool: loss k's gradient exists for variable v.
+        max_abs: ``(V, K)`` float64: the largest absolute gradient entry (0 where none).
+        finite: ``(V, K)`` bool: every entry of the gradient is finite.
+        loss_values: ``(K,)`` float64: unweighted loss values, averaged over batches.
+        batches: number of batches.
+        mode: ``mean-gradient`` or ``per-batch``.
+    """
+
+    loss_names: tuple[str, ...]
+    gram: np.ndarray
+    exists: np.ndarray
+    max_abs: np.ndarray
+    finite: np.ndarray
+    loss_values: np.ndarray
+    batches: int
+    mode: str
+
+    @property
+    def has_regularization(self) -> bool:
+        """Whether the model contributed a ``model.losses`` term."""
+        return REGULARIZATION in self.loss_names
+
+
+def model_outputs(model: keras.Model, output_names: Sequence[str], y_pred: Any) -> dict[str, Any]:
+    """Name a model call's outputs."""
+    if isinstance(y_pred, dict):
+        return {str(k): v for k, v in y_pred.items()}
+    if isinstance(y_pred, (list, tuple)):
+        return dict(zip(output_names, y_pred))
+    return {output_names[0]: y_pred}
+
+
+def compute(
+    model: keras.Model,
+    terms: Sequence[LossTerm],
+    data: Data,
+    output_names: Sequence[str],
+    *,
+    training: bool = True,
+    mode: str = MEAN_GRADIENT,
+    custom_objects: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> GradientStats:
+    """Compute per-loss gradient statistics over ``data``.
+
+    Args:
+        model: the model; it is not modified.
+        terms: the output loss terms (regularization is added when the model has any).
+        data: the batches.
+        output_names: the model's outputs, in order.
+        training: call the model with ``training=True`` (dropout, batch statistics).
+        mode: ``mean-gradient`` or ``per-batch`` (see module constants).
+        custom_objects: names for custom losses.
+        progress: called with ``(batches done, batches)``.
+
+    Raises:
+        LossSpecError: a loss cannot be resolved or fails on the model's outputs.
+        DataError: the data does not fit the model.
+    """
+    import tensorflow as tf
+
+    if mode not in BATCH_MODES:
+        raise DataError(f"unknown batch mode {mode!r}; valid: {', '.join(BATCH_MODES)}")
+    terms = [t for t in terms if not t.is_regularization]
+    out_shapes = {name: _last_dim(t) for name, t in zip(output_names, output_tensors(model))}
+    loss_fns = []
+    for term in terms:
+        y = data.y[term.output or ""]
+        out_rank = len(_output_shape(model, output_names, term.output or ""))
+        loss_fns.append(
+            resolve_loss(term.identifier, out_shapes.get(term.output or ""), y.ndim < out_rank, custom_objects)
+        )
+    variables = list(model.trainable_variables)
+    state_variables = list(model.non_trainable_variables)
+    n_out = len(terms)
+    structure: dict[str, Any] = {}
+
+    def forward_backward(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any]:
+        weights = [tf.convert_to_tensor(v) for v in variables]
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(weights)
+            y_pred, new_state, extra = model.stateless_call(
+                weights, state, x if len(x) > 1 else x[0], training=training, return_losses=True
+            )
+            named = model_outputs(model, output_names, y_pred)
+            values = [
+                tf.cast(fn(ys[term.output], named[term.output]), tf.float32) for term, fn in zip(terms, loss_fns)
+            ]
+            if extra:
+                values.append(tf.cast(tf.add_n([tf.reduce_sum(tf.cast(e, tf.float32)) for e in extra]), tf.float32))
+        grads = [tape.gradient(v, weights, unconnected_gradients=tf.UnconnectedGradients.NONE) for v in values]
+        del tape
+        # Which gradients exist is fixed by the graph: record it once, at trace time.
+        structure["regularization"] = bool(extra)
+        structure["exists"] = [[g is not None for g in per_loss] for per_loss in grads]
+        dense = [[None if g is None else tf.convert_to_tensor(g) for g in per_loss] for per_loss in grads]
+        return tf.stack(values), dense, new_state
+
+    def reduce_one(per_loss: list[Any]) -> tuple[Any, Any, Any]:
+        flat = tf.stack([tf.reshape(tf.cast(g, tf.float64), [-1]) for g in per_loss])
+        gram = tf.matmul(flat, flat, transpose_b=True)
+        return gram, tf.reduce_max(tf.abs(flat), axis=1), tf.reduce_all(tf.math.is_finite(flat), axis=1)
+
+    def reduce_all(dense: list[list[Any]]) -> list[Any]:
+        out = []
+        for v in range(len(variables)):
+            present = [dense[k][v] for k in range(len(dense)) if dense[k][v] is not None]
+            out.append(reduce_one(present) if present else None)
+        return out
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def step_stats(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any]:
+        values, dense, new_state = forward_backward(x, ys, state)
+        return values, reduce_all(dense), new_state
+
+    accumulators: list[list[Any]] = []
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def step_accumulate(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any]:
+        values, dense, new_state = forward_backward(x, ys, state)
+        if not accumulators:
+            with tf.init_scope():
+                for per_loss in dense:
+                    accumulators.append(
+                        [None if g is None else tf.Variable(tf.zeros(g.shape, tf.float32), trainable=False) for g in per_loss]
+                    )
+        for acc_row, per_loss in zip(accumulators, dense):
+            for acc, g in zip(acc_row, per_loss):
+                if acc is not None:
+                    acc.assign_add(tf.cast(g, tf.float32))
+        return values, new_state
+
+    @tf.function(autograph=False)
+    def reduce_accumulated(scale: Any) -> list[Any]:
+        return reduce_all([[None if a is None else a * scale for a in row] for row in accumulators])
+
+    state = [tf.convert_to_tensor(v) for v in state_variables]
+    accumulate = mode == MEAN_GRADIENT and data.batches > 1
+    loss_sum: np.ndarray | None = None
+    stat_sums: list[Any] | None = None
+    for b in range(data.batches):
+        xs, ys = data.batch(b)
+        x = [tf.convert_to_tensor(a) for a in xs]
+        y = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
+        try:
+            if accumulate:
+                values, state = step_accumulate(x, y, state)
+            else:
+                values, stats, state = step_stats(x, y, state)
+                stats_np = [None if s is None else tuple(t.numpy() for t in s) for s in stats]
+                stat_sums = stats_np if stat_sums is None else _add_stats(stat_sums, stats_np)
+        except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
+            raise _explain(e) from e
+        loss_sum = values.numpy().astype(np.float64) if loss_sum is None else loss_sum + values.numpy()
+        if progress is not None:
+            progress(b + 1, data.batches)
+    if accumulate:
+        stats = reduce_accumulated(tf.constant(1.0 / data.batches, tf.float32))
+        stat_sums = [None if s is None else tuple(t.numpy() for t in s) for s in stats]
+        divide = 1.0
+        for row in accumulators:
+            for acc in row:
+                if acc is not None:
+                    del acc
+        accumulators.clear()
+    else:
+        divide = float(data.batches)
+    names = tuple(t.name for t in terms) + ((REGULARIZATION,) if structure["regularization"] else ())
+    assert loss_sum is not None and stat_sums is not None
+    return _assemble(names, structure["exists"], stat_sums, loss_sum / data.batches, divide, data.batches, mode)
+
+
+def _add_stats(a: list[Any], b: list[Any]) -> list[Any]:
+    out = []
+    for sa, sb in zip(a, b):
+        if sa is None:
+            out.append(None)
+        else:
+            out.append((sa[0] + sb[0], np.maximum(sa[1], sb[1]), sa[2] & sb[2]))
+    return out
+
+
+def _assemble(
+    names: tuple[str, ...],
+    exists_by_loss: list[list[bool]],
+    stats: list[Any],
+    loss_values: np.ndarray,
+    divide: float,
+    batches: int,
+    mode: str,
+) -> GradientStats:
+    k = len(names)
+    v = len(stats)
+    gram = np.zeros((v, k, k))
+    exists = np.zeros((v, k), dtype=bool)
+    max_abs = np.zeros((v, k))
+    finite = np.ones((v, k), dtype=bool)
+    for var in range(v):
+        present = [loss for loss in range(k) if exists_by_loss[loss][var]]
+        exists[var, present] = True
+        if stats[var] is None:
+            continue
+        g, m, f = stats[var]
+        gram[var][np.ix_(present, present)] = g / divide
+        max_abs[var, present] = m
+        finite[var, present] = f
+    return GradientStats(names, gram, exists, max_abs, finite, np.asarray(loss_values, dtype=np.float64), batches, mode)
+
+
+def _output_shape(model: keras.Model, output_names: Sequence[str], name: str) -> tuple[Any, ...]:
+    for out_name, tensor in zip(output_names, output_tensors(model)):
+        if out_name == name:
+            return tuple(tensor.shape)
+    return ()
+
+
+def _last_dim(tensor: Any) -> int | None:
+    shape = tuple(getattr(tensor, "shape", ()) or ())
+    return int(shape[-1]) if shape and shape[-1] is not None else None
+
+
+def _explain(error: Exception) -> Exception:
+    text = " ".join(str(error).split())
+    if len(text) > 400:
+        text = text[:400] + "..."
+    if "loss" in text.lower() or "logits" in text.lower() or "labels" in text.lower():
+        return LossSpecError(f"a loss failed on the model's outputs and targets: {text}")
+    return DataError(f"the model cannot run on the data: {type(error).__name__}: {text}")

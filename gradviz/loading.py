@@ -1,0 +1,309 @@
+"""Turn a path (or an in-memory model) into a Keras model plus its compile config.
+
+This module owns everything about model files: which formats are read, Keras's
+safe mode, legacy ``.h5`` training configs and user files of custom objects.
+Models are always rebuilt with ``compile=False``: gradviz reads the losses and
+weights from the file itself, so no optimizer is built and an unrestorable
+compile config (a Keras 2 ``.h5``) does not stop the analysis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import inspect
+import json
+import re
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from gradviz.errors import ModelLoadError, UnsafeModelError
+
+if TYPE_CHECKING:
+    import keras
+
+KERAS_SUFFIXES = (".keras",)
+H5_SUFFIXES = (".h5", ".hdf5")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A rebuilt model and the losses it was compiled with.
+
+    Attributes:
+        model: the Keras model, never compiled by gradviz.
+        loss: the ``loss`` argument of the saved compile config (serialized
+            form for files, the live objects for in-memory models), or None.
+        loss_weights: the ``loss_weights`` argument, or None.
+        source: the file the model came from, or None for an in-memory model.
+        custom_objects: names resolved from ``--custom-objects``.
+    """
+
+    model: keras.Model
+    loss: Any = None
+    loss_weights: Any = None
+    source: str | None = None
+    custom_objects: dict[str, Any] = field(default_factory=dict)
+
+
+def import_custom_objects(path: str | Path) -> dict[str, Any]:
+    """Import a user's Python file and collect the classes and functions it defines.
+
+    Importing the file also runs its ``@keras.saving.register_keras_serializable``
+    decorators. A module-level ``CUSTOM_OBJECTS`` dict, when present, is used as is.
+
+    Args:
+        path: a ``.py`` file.
+
+    Returns:
+        A mapping of names to objects, to pass to Keras as ``custom_objects``.
+
+    Raises:
+        ModelLoadError: the file is missing or fails to import.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ModelLoadError(f"custom objects file not found: {file} (expected a .py file)")
+    if file.suffix != ".py":
+        raise ModelLoadError(f"custom objects file must be a Python file (.py): {file}")
+    module_name = f"gradviz_custom_objects_{abs(hash(str(file.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"cannot import custom objects file: {file}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[module_name]
+        raise ModelLoadError(
+            f"custom objects file {file} failed to import: {type(e).__name__}: {e}"
+        ) from e
+    declared = getattr(module, "CUSTOM_OBJECTS", None)
+    if isinstance(declared, dict):
+        return dict(declared)
+    return {
+        name: obj
+        for name, obj in vars(module).items()
+        if not name.startswith("_")
+        and (inspect.isclass(obj) or inspect.isfunction(obj))
+        and getattr(obj, "__module__", None) == module_name
+    }
+
+
+def from_model(model: Any) -> LoadedModel:
+    """Wrap an in-memory Keras model, reading the losses it was compiled with.
+
+    Raises:
+        ModelLoadError: ``model`` is not a Keras model.
+    """
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise ModelLoadError(
+            f"expected a keras.Model or a path to a .keras/.h5 file, got {type(model).__name__}"
+        )
+    config = getattr(getattr(model, "_compile_config", None), "config", None)
+    if getattr(model, "compiled", False) and isinstance(config, dict):
+        return LoadedModel(model, config.get("loss"), config.get("loss_weights"))
+    return LoadedModel(model)
+
+
+def load_model(
+    path: str | Path,
+    *,
+    custom_objects_file: str | Path | None = None,
+    unsafe: bool = False,
+) -> LoadedModel:
+    """Load a ``.keras`` or legacy ``.h5`` model file without compiling it.
+
+    Args:
+        path: the model file.
+        custom_objects_file: a Python file defining custom layers and losses.
+        unsafe: allow Lambda layers, whose Python bytecode runs on load.
+
+    Returns:
+        The model with the ``loss`` and ``loss_weights`` it was saved with.
+
+    Raises:
+        ModelLoadError: the file is missing, not a model, corrupt, or names
+            classes that cannot be resolved.
+        UnsafeModelError: the file holds a Lambda layer and ``unsafe`` is off.
+    """
+    file = Path(path)
+    _check_path(file)
+    custom_objects = import_custom_objects(custom_objects_file) if custom_objects_file else {}
+    if file.suffix in KERAS_SUFFIXES:
+        model_config, compile_config = _read_keras_archive(file)
+    else:
+        model_config, compile_config = _read_h5(file)
+    if not unsafe:
+        lambdas = _lambda_layers(model_config)
+        if lambdas:
+            raise UnsafeModelError(
+                f"{file} contains Lambda layer(s) {', '.join(lambdas)} whose Python code "
+                "would run on load; pass --unsafe (unsafe=True) only if you trust the file"
+            )
+    model = _rebuild(file, custom_objects, unsafe)
+    compile_config = compile_config or {}
+    return LoadedModel(
+        model,
+        compile_config.get("loss"),
+        compile_config.get("loss_weights"),
+        str(file),
+        custom_objects,
+    )
+
+
+def _check_path(file: Path) -> None:
+    if file.is_dir():
+        if (file / "saved_model.pb").exists():
+            raise ModelLoadError(
+                f"{file} is a TensorFlow SavedModel directory; gradviz reads .keras or .h5 "
+                "files: rebuild the model in Keras 3 and save it with model.save('model.keras')"
+            )
+        raise ModelLoadError(f"{file} is a directory; expected a .keras or .h5 model file")
+    if not file.exists():
+        raise ModelLoadError(f"no such file: {file} (expected a .keras or .h5 model file)")
+    if file.suffix not in KERAS_SUFFIXES + H5_SUFFIXES:
+        raise ModelLoadError(
+            f"{file} is not a Keras model file; expected a .keras or .h5 (.hdf5) file"
+        )
+    if file.stat().st_size == 0:
+        raise ModelLoadError(f"{file} is empty; expected a Keras model file")
+
+
+def _read_keras_archive(file: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Read config.json from a .keras zip archive."""
+    if not zipfile.is_zipfile(file):
+        raise ModelLoadError(
+            f"{file} is not a Keras archive (a .keras file is a zip holding config.json)"
+        )
+    try:
+        with zipfile.ZipFile(file) as archive:
+            names = archive.namelist()
+            if "config.json" not in names:
+                raise ModelLoadError(f"{file} is a zip file but holds no config.json: not a .keras model")
+            raw = archive.read("config.json")
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as e:
+        raise ModelLoadError(f"{file} is a damaged .keras archive ({e})") from e
+    config = _parse_json(raw, f"{file}: config.json")
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{file}: config.json must hold a JSON object describing the model")
+    compile_config = config.get("compile_config")
+    return config, compile_config if isinstance(compile_config, dict) else None
+
+
+def _read_h5(file: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Read the model and training configs stored as attributes of a legacy .h5 file."""
+    import h5py
+
+    try:
+        with h5py.File(file, "r") as h5:
+            attrs = dict(h5.attrs)
+    except OSError as e:
+        raise ModelLoadError(f"{file} is not a readable HDF5 file ({e})") from e
+    if "model_config" not in attrs:
+        raise ModelLoadError(
+            f"{file} is an HDF5 file without a model_config: a weights-only file? "
+            "gradviz needs a whole model saved with model.save()"
+        )
+    model_config = _parse_json(attrs["model_config"], f"{file}: model_config")
+    training = attrs.get("training_config")
+    training_config = _parse_json(training, f"{file}: training_config") if training is not None else None
+    if not isinstance(model_config, dict):
+        raise ModelLoadError(f"{file}: model_config must be a JSON object")
+    return model_config, training_config if isinstance(training_config, dict) else None
+
+
+def _parse_json(raw: Any, what: str) -> Any:
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="replace")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ModelLoadError(f"{what} is not valid JSON ({e})") from e
+
+
+def _lambda_layers(config: Any) -> list[str]:
+    """Names of Lambda layers anywhere in a serialized model config."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("class_name") == "Lambda":
+                inner = node.get("config")
+                name = inner.get("name") if isinstance(inner, dict) else None
+                found.append(str(name or "<unnamed>"))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return sorted(set(found))
+
+
+_UNKNOWN_CLASS = re.compile(r"Could not (?:locate|interpret|deserialize)[^'`\"]*['`\"]([\w.>< -]+)['`\"]")
+
+
+def _rebuild(file: Path, custom_objects: dict[str, Any], unsafe: bool) -> keras.Model:
+    import keras
+
+    try:
+        with _quiet_absl(), _unsafe_scope(unsafe):
+            model = keras.saving.load_model(
+                file, compile=False, safe_mode=not unsafe, custom_objects=custom_objects or None
+            )
+    except Exception as e:  # Keras raises bare ValueError/TypeError/KeyError for bad files
+        raise ModelLoadError(_explain_load_failure(file, e)) from e
+    if not isinstance(model, keras.Model):
+        raise ModelLoadError(f"{file} holds a {type(model).__name__}, not a Keras model")
+    return model
+
+
+def _explain_load_failure(file: Path, error: Exception) -> str:
+    text = " ".join(str(error).split())
+    match = _UNKNOWN_CLASS.search(text)
+    if match or "Unknown layer" in text or "Unknown loss" in text:
+        name = match.group(1) if match else text.split(":")[-1].strip()
+        return (
+            f"{file} uses an unknown class or function '{name}'; pass --custom-objects FILE.py "
+            "with a Python file that defines it"
+        )
+    if "Lambda" in text and "safe_mode" in text:
+        return f"{file} contains a Lambda layer; pass --unsafe only if you trust the file"
+    first = text[:300] + ("..." if len(text) > 300 else "")
+    return f"cannot rebuild the model from {file}: {type(error).__name__}: {first}"
+
+
+@contextlib.contextmanager
+def _unsafe_scope(unsafe: bool) -> Iterator[None]:
+    """Allow Lambda bytecode for this load only (legacy .h5 ignores ``safe_mode=``)."""
+    if not unsafe:
+        yield
+        return
+    from keras.src.saving import serialization_lib
+
+    with serialization_lib.SafeModeScope(False):
+        yield
+
+
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+    """Keras logs expected notices (skipped optimizer variables) through absl; hide them."""
+    try:
+        from absl import logging as absl_logging
+    except ImportError:  # pragma: no cover - absl ships with TensorFlow
+        yield
+        return
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(level)

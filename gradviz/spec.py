@@ -1,0 +1,458 @@
+"""The losses and weights to analyse.
+
+A :class:`LossSpec` is the list of terms whose weighted sum Keras's training
+step differentiates: one term per output that has a loss (as the model was
+compiled, or as ``--loss`` / ``--loss-weight`` override it), plus one term
+named ``regularization`` for ``model.losses`` when the model has any.
+
+The rules mirror ``keras/src/trainers/compile_utils.py`` (``CompileLoss``):
+a single loss applies to every output; a list is matched to the outputs by
+position (a list of several losses on a one-output model applies each to that
+output); a dict is matched by output name; ``None`` means "no loss here".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping, Sequence
+
+from gradviz.errors import LossSpecError
+
+REGULARIZATION = "regularization"
+
+#: what ``keras.losses.get`` accepts by name, listed in messages about unknown names.
+COMMON_LOSSES = (
+    "mse",
+    "mae",
+    "mape",
+    "msle",
+    "huber",
+    "log_cosh",
+    "binary_crossentropy",
+    "categorical_crossentropy",
+    "sparse_categorical_crossentropy",
+    "binary_focal_crossentropy",
+    "categorical_focal_crossentropy",
+    "kl_divergence",
+    "poisson",
+    "hinge",
+    "squared_hinge",
+    "categorical_hinge",
+    "cosine_similarity",
+    "crossentropy",
+)
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One loss of the weighted sum.
+
+    Attributes:
+        name: the output name, or ``regularization``; unique within a spec.
+        output: the model output the loss applies to (None for regularization).
+        loss: the loss as users name it (``binary_crossentropy``, ``huber_loss``).
+        weight: its factor in the weighted sum.
+        identifier: what ``keras.losses.get`` resolves (a name, a serialized
+            config or a live loss object); not part of equality.
+    """
+
+    name: str
+    output: str | None
+    loss: str
+    weight: float
+    identifier: Any = field(default=None, compare=False, hash=False, repr=False)
+
+    @property
+    def is_regularization(self) -> bool:
+        """Whether this is the ``model.losses`` term."""
+        return self.output is None
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """The terms to analyse and the outputs that carry no loss.
+
+    Example:
+        >>> spec = LossSpec((LossTerm("C", "C", "mse", 0.5), LossTerm("D", "D", "mae", 0.3)), ())
+        >>> spec.names
+        ('C', 'D')
+        >>> spec.with_weights({"D": 1.0}).weights
+        (0.5, 1.0)
+    """
+
+    terms: tuple[LossTerm, ...]
+    unlossed_outputs: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The term names, in order."""
+        return tuple(t.name for t in self.terms)
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        """The term weights, in order."""
+        return tuple(t.weight for t in self.terms)
+
+    @property
+    def output_terms(self) -> tuple[LossTerm, ...]:
+        """The terms attached to outputs (all but regularization)."""
+        return tuple(t for t in self.terms if not t.is_regularization)
+
+    def with_weights(self, weights: Mapping[str, float]) -> LossSpec:
+        """A copy with some weights replaced; names not given keep their weight.
+
+        Raises:
+            LossSpecError: a name is not one of the terms.
+        """
+        unknown = sorted(set(weights) - set(self.names))
+        if unknown:
+            raise LossSpecError(
+                f"unknown loss {', '.join(map(repr, unknown))}; valid: {', '.join(self.names)}"
+            )
+        terms = tuple(replace(t, weight=float(weights.get(t.name, t.weight))) for t in self.terms)
+        return LossSpec(terms, self.unlossed_outputs)
+
+
+_ASSIGNMENT = re.compile(r"^\s*([^=]+?)\s*=\s*(.*?)\s*$")
+
+
+def parse_assignment(text: str, option: str) -> tuple[str, str]:
+    """Split ``OUTPUT=VALUE``.
+
+    Example:
+        >>> parse_assignment("C = mse", "--loss")
+        ('C', 'mse')
+
+    Raises:
+        LossSpecError: there is no ``=`` or a side is empty.
+    """
+    match = _ASSIGNMENT.match(text)
+    if not match or not match.group(1) or not match.group(2):
+        raise LossSpecError(f"{option} expects OUTPUT=VALUE, got {text!r}")
+    return match.group(1), match.group(2)
+
+
+def parse_weight(text: str, option: str = "--loss-weight") -> float:
+    """Parse a loss weight: a finite number, zero or more.
+
+    Example:
+        >>> parse_weight("0.5")
+        0.5
+        >>> parse_weight("1e-3")
+        0.001
+
+    Raises:
+        LossSpecError: not a number, negative, NaN or infinite.
+    """
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise LossSpecError(f"{option}: {text!r} is not a number; a weight is a number >= 0") from None
+    if math.isnan(value) or math.isinf(value) or value < 0:
+        raise LossSpecError(f"{option}: {text!r} is not a valid weight; a weight is a finite number >= 0")
+    return value
+
+
+def parse_weight_assignments(items: Iterable[str], option: str = "--loss-weight") -> dict[str, float]:
+    """Parse repeated ``OUTPUT=W`` options into a dict (the last one wins).
+
+    Example:
+        >>> parse_weight_assignments(["C=0.5", "D=2"])
+        {'C': 0.5, 'D': 2.0}
+    """
+    result: dict[str, float] = {}
+    for item in items:
+        key, value = parse_assignment(item, option)
+        result[key] = parse_weight(value, f"{option} {key}")
+    return result
+
+
+def parse_loss_assignments(items: Iterable[str]) -> dict[str | None, str]:
+    """Parse repeated ``--loss OUTPUT=LOSS``; a bare ``LOSS`` applies to every output.
+
+    Example:
+        >>> parse_loss_assignments(["C=mse", "huber"])
+        {'C': 'mse', None: 'huber'}
+    """
+    result: dict[str | None, str] = {}
+    for item in items:
+        if "=" in item:
+            key, value = parse_assignment(item, "--loss")
+            result[key] = value
+        elif item.strip():
+            result[None] = item.strip()
+        else:
+            raise LossSpecError("--loss expects OUTPUT=LOSS or LOSS, got an empty value")
+    return result
+
+
+def build_spec(
+    output_names: Sequence[str],
+    saved_loss: Any = None,
+    saved_weights: Any = None,
+    *,
+    loss_overrides: Mapping[str | None, Any] | None = None,
+    weight_overrides: Mapping[str, float] | None = None,
+    has_regularization: bool = False,
+    layer_names: Iterable[str] = (),
+    source: str = "the model",
+) -> LossSpec:
+    """Decide which loss applies to which output, with which weight.
+
+    Args:
+        output_names: the model's outputs, in order.
+        saved_loss: the ``loss`` the model was compiled with (any Keras form).
+        saved_weights: the ``loss_weights`` it was compiled with.
+        loss_overrides: ``{output: loss}`` from ``--loss``; the key None sets every output.
+        weight_overrides: ``{output: weight}`` from ``--loss-weight``
+            (``regularization`` is accepted too).
+        has_regularization: whether ``model.losses`` is non-empty.
+        layer_names: the model's layer names, to explain a name that is not an output.
+        source: how to name the model in messages.
+
+    Returns:
+        The spec; a term's ``identifier`` is still unresolved (see :func:`resolve_losses`).
+
+    Example:
+        >>> spec = build_spec(["C", "D"], ["binary_crossentropy", "mse"], [0.5, 0.3])
+        >>> [(t.name, t.loss, t.weight) for t in spec.terms]
+        [('C', 'binary_crossentropy', 0.5), ('D', 'mse', 0.3)]
+        >>> build_spec(["C", "D"], "mse").names
+        ('C', 'D')
+
+    Raises:
+        LossSpecError: no loss at all, an override names no output, or the
+            saved config cannot be matched to the outputs.
+    """
+    outputs = list(output_names)
+    loss_overrides = dict(loss_overrides or {})
+    weight_overrides = dict(weight_overrides or {})
+    layers = set(layer_names)
+    valid_weight_names = set(outputs) | ({REGULARIZATION} if has_regularization else set())
+    for name in [k for k in loss_overrides if k is not None]:
+        _check_output(name, outputs, layers, "--loss")
+    for name in weight_overrides:
+        if name not in valid_weight_names:
+            _check_output(name, outputs, layers, "--loss-weight")
+
+    per_output = _losses_per_output(outputs, saved_loss)
+    weights = _weights_per_output(outputs, saved_weights, per_output)
+    if None in loss_overrides:
+        per_output = [[loss_overrides[None]] for _ in outputs]
+    for index, name in enumerate(outputs):
+        if name in loss_overrides:
+            per_output[index] = [loss_overrides[name]]
+
+    terms: list[LossTerm] = []
+    unlossed: list[str] = []
+    for index, name in enumerate(outputs):
+        losses = [loss for loss in per_output[index] if loss is not None]
+        if not losses:
+            unlossed.append(name)
+            continue
+        for k, identifier in enumerate(losses):
+            term_name = name if k == 0 else f"{name}_{k + 1}"
+            weight = weight_overrides.get(name, weights[index])
+            terms.append(LossTerm(term_name, name, display_name(identifier), float(weight), identifier))
+    if not terms:
+        raise LossSpecError(
+            f"{source} has no loss to analyse (it was saved without compile() or with loss=None); "
+            f"give one with --loss OUTPUT=LOSS for outputs: {', '.join(outputs)}"
+        )
+    if has_regularization:
+        terms.append(
+            LossTerm(
+                REGULARIZATION,
+                None,
+                "model.losses",
+                float(weight_overrides.get(REGULARIZATION, 1.0)),
+            )
+        )
+    return LossSpec(tuple(terms), tuple(unlossed))
+
+
+def _check_output(name: str, outputs: Sequence[str], layers: set[str], option: str) -> None:
+    if name in outputs:
+        return
+    hint = f" ('{name}' is an intermediate layer: only outputs carry a loss)" if name in layers else ""
+    raise LossSpecError(f"{option}: '{name}' is not an output of the model; outputs are: {', '.join(outputs)}{hint}")
+
+
+def _is_nested(value: Any) -> bool:
+    return isinstance(value, (list, tuple, dict))
+
+
+def _losses_per_output(outputs: list[str], loss: Any) -> list[list[Any]]:
+    """For each output, the losses Keras would apply to it."""
+    n = len(outputs)
+    if loss is None:
+        return [[] for _ in outputs]
+    if isinstance(loss, dict):
+        unknown = sorted(set(map(str, loss)) - set(outputs))
+        if unknown:
+            raise LossSpecError(
+                f"the saved loss names {', '.join(map(repr, unknown))}, which are not outputs; "
+                f"outputs are: {', '.join(outputs)} (override with --loss OUTPUT=LOSS)"
+            )
+        return [[loss.get(name)] for name in outputs]
+    if isinstance(loss, (list, tuple)):
+        if len(loss) == n:
+            return [[item] for item in loss]
+        if n == 1:
+            return [list(loss)]
+        raise LossSpecError(
+            f"the saved loss list has {len(loss)} entries for {n} outputs ({', '.join(outputs)}); "
+            "override with --loss OUTPUT=LOSS"
+        )
+    return [[loss] for _ in outputs]
+
+
+def _weights_per_output(outputs: list[str], weights: Any, per_output: list[list[Any]]) -> list[float]:
+    n = len(outputs)
+    if weights is None:
+        return [1.0] * n
+    if isinstance(weights, dict):
+        unknown = sorted(set(map(str, weights)) - set(outputs))
+        if unknown:
+            raise LossSpecError(
+                f"the saved loss_weights name {', '.join(map(repr, unknown))}, which are not outputs; "
+                f"outputs are: {', '.join(outputs)}"
+            )
+        values = [weights.get(name, 1.0) for name in outputs]
+    elif isinstance(weights, (list, tuple)):
+        flat = list(weights)
+        if len(flat) == n:
+            values = flat
+        else:
+            # Keras packs the flat weights into the structure of the (non-None) losses.
+            lossed = [i for i, losses in enumerate(per_output) if any(x is not None for x in losses)]
+            if len(flat) != len(lossed):
+                raise LossSpecError(
+                    f"the saved loss_weights has {len(flat)} entries for {n} outputs "
+                    f"({', '.join(outputs)}); override with --loss-weight OUTPUT=W"
+                )
+            values = [1.0] * n
+            for i, w in zip(lossed, flat):
+                values[i] = w
+    else:
+        values = [weights] * n
+    result = []
+    for name, value in zip(outputs, values):
+        try:
+            result.append(parse_weight(str(value), f"the saved loss weight of {name}"))
+        except LossSpecError as e:
+            raise LossSpecError(f"{e} (override with --loss-weight {name}=W)") from None
+    return result
+
+
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def display_name(identifier: Any) -> str:
+    """How users name a loss: its string, its config name or its function name.
+
+    Example:
+        >>> display_name("mse")
+        'mse'
+        >>> display_name({"class_name": "Huber", "config": {"name": "huber_loss"}})
+        'huber_loss'
+        >>> display_name({"class_name": "MeanSquaredError", "config": {}})
+        'mean_squared_error'
+    """
+    if isinstance(identifier, str):
+        return identifier
+    if isinstance(identifier, dict):
+        config = identifier.get("config")
+        if isinstance(config, dict) and isinstance(config.get("name"), str):
+            return str(config["name"])
+        if isinstance(config, str):  # a serialized plain function
+            return config
+        return _CAMEL.sub("_", str(identifier.get("class_name", "loss"))).lower()
+    name = getattr(identifier, "name", None) or getattr(identifier, "__name__", None)
+    return str(name) if name else type(identifier).__name__
+
+
+def resolve_loss(identifier: Any, output_dim: int | None, target_rank_lower: bool | None,
+                 custom_objects: Mapping[str, Any] | None = None) -> Any:
+    """Turn a loss identifier into the Keras ``Loss`` object that training would call.
+
+    ``crossentropy``/``ce`` is resolved the way Keras does from the output's
+    last dimension and the targets' shape: binary for one unit, sparse when
+    the targets are class ids, categorical otherwise.
+
+    Args:
+        identifier: a name, a serialized config, a function or a Loss.
+        output_dim: the last dimension of the output.
+        target_rank_lower: whether the targets are class ids (None: unknown, assume one-hot).
+        custom_objects: names from ``--custom-objects``.
+
+    Raises:
+        LossSpecError: the identifier names no known loss.
+    """
+    import keras
+
+    if isinstance(identifier, str) and identifier.lower() in ("crossentropy", "ce"):
+        if output_dim == 1:
+            return _wrap(keras.losses.binary_crossentropy, identifier)
+        if target_rank_lower:
+            return _wrap(keras.losses.sparse_categorical_crossentropy, identifier)
+        return _wrap(keras.losses.categorical_crossentropy, identifier)
+    try:
+        with keras.saving.custom_object_scope(dict(custom_objects or {})):
+            obj = keras.losses.get(identifier)
+    except Exception as e:  # Keras raises ValueError/TypeError for unknown identifiers
+        raise LossSpecError(
+            f"unknown loss {display_name(identifier)!r}; valid: a Keras loss name "
+            f"({', '.join(COMMON_LOSSES)}), or a custom loss defined in --custom-objects FILE.py"
+        ) from e
+    if obj is None:
+        raise LossSpecError(f"unknown loss {display_name(identifier)!r}")
+    if not isinstance(obj, keras.losses.Loss):
+        if not callable(obj):
+            raise LossSpecError(f"loss {display_name(identifier)!r} is not callable")
+        obj = _wrap(obj, display_name(identifier))
+    return obj
+
+
+def _wrap(fn: Any, name: str) -> Any:
+    """Wrap a loss function the way ``compile()`` does (mean over the batch)."""
+    from keras.src.losses import LossFunctionWrapper  # what compile_utils.get_loss uses
+
+    return LossFunctionWrapper(fn, name=name)
+
+
+def target_kind(loss: Any) -> str:
+    """What targets a resolved loss expects, for synthetic data.
+
+    Returns one of ``binary`` (0/1), ``categorical`` (one-hot), ``sparse``
+    (class ids), ``positive`` (counts/rates) or ``real``.
+
+    Example:
+        >>> target_kind("binary_crossentropy"), target_kind("sparse_categorical_crossentropy")
+        ('binary', 'sparse')
+        >>> target_kind("mse")
+        'real'
+    """
+    names: list[str] = []
+    if isinstance(loss, str):
+        names.append(loss)
+    else:
+        fn = getattr(loss, "fn", None)
+        if fn is not None:
+            names.append(getattr(fn, "__name__", ""))
+        names.append(_CAMEL.sub("_", type(loss).__name__).lower())
+        names.append(str(getattr(loss, "name", "")))
+    text = " ".join(names).lower()
+    if "sparse" in text:
+        return "sparse"
+    if "binary" in text or re.search(r"(^|[ _])(squared_)?hinge", text):
+        return "binary"
+    if "categorical" in text or "kl_divergence" in text or "kld" in text.split():
+        return "categorical"
+    if "poisson" in text:
+        return "positive"
+    if text.strip() in ("crossentropy", "ce"):
+        return "categorical"
+    return "real"

@@ -1,0 +1,354 @@
+"""The model's functional graph, as a plain networkx graph.
+
+This is the only module that reads Keras graph internals (``_nodes_by_depth``,
+``Node.input_tensors``, ``Node.outputs``, ``Sequential._functional``). They are
+private API: ``tests/test_topology.py`` pins their behaviour for the Keras
+versions gradviz supports, so a Keras upgrade breaks this one file.
+
+One graph node per layer *and* per ``keras.ops`` operation (StopGradient,
+Argmax, Cast, ...: where gradients get blocked). A layer called several times
+is one node with one edge per call. Nested functional and Sequential models
+are expanded; their layers are named ``<model>/<layer>`` and carry the nested
+model in ``parent``. Subclassed models cannot be walked and stay one node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import networkx as nx
+
+from gradviz.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import keras
+
+#: Operations and layers that have no gradient (or whose output is integer):
+#: a loss's gradient cannot flow back through them.
+GRADIENT_BLOCKING = frozenset(
+    {
+        "StopGradient",
+        "Argmax",
+        "Argmin",
+        "Argsort",
+        "Round",
+        "Floor",
+        "Ceil",
+        "Sign",
+        "Equal",
+        "NotEqual",
+        "Greater",
+        "GreaterEqual",
+        "Less",
+        "LessEqual",
+        "LogicalAnd",
+        "LogicalOr",
+        "LogicalNot",
+        "LogicalXor",
+        "OneHot",
+        "TopK",
+        "Discretization",
+        "Hashing",
+        "StringLookup",
+        "IntegerLookup",
+        "CategoryEncoding",
+    }
+)
+
+
+@dataclass(frozen=True)
+class VariableInfo:
+    """A trainable variable, in the order of ``model.trainable_variables``.
+
+    Attributes:
+        path: unique name (Keras's ``variable.path``, qualified by the nested
+            model where two would clash).
+        layer: the graph node that owns it.
+        shape: its shape.
+    """
+
+    path: str
+    layer: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The walked model.
+
+    Attributes:
+        graph: nodes keyed by qualified layer/op name with attributes ``kind``
+            (input, layer, op, model), ``class_name``, ``parent``,
+            ``trainable_params``, ``variables``, ``output_shape``,
+            ``activation``, ``blocks_gradient`` and ``order`` (a stable
+            topological index); edges carry ``shape``.
+        outputs: model output name -> graph node producing it, in output order.
+        inputs: model input name -> graph node.
+        variables: one entry per trainable variable, in model order.
+        complete: False when part of the model could not be walked (subclassed).
+    """
+
+    graph: nx.DiGraph
+    outputs: dict[str, str]
+    inputs: dict[str, str]
+    variables: tuple[VariableInfo, ...]
+    complete: bool = True
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Graph nodes in topological order."""
+        return sorted(self.graph.nodes, key=lambda n: self.graph.nodes[n]["order"])
+
+
+def output_names(model: keras.Model) -> list[str]:
+    """The model's output names, in order (Keras's ``output_names``)."""
+    names = getattr(model, "output_names", None)
+    if names:
+        return [str(n) for n in names]
+    outputs = _flat(getattr(model, "outputs", None) or [])
+    return [_history(t)[0].name if _history(t) else f"output_{i}" for i, t in enumerate(outputs)]
+
+
+def output_tensors(model: keras.Model) -> list[Any]:
+    """The model's symbolic outputs, in ``output_names`` order."""
+    outputs = getattr(model, "outputs", None) or []
+    if isinstance(outputs, dict):
+        return [outputs[k] for k in outputs]
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def build_topology(model: keras.Model) -> Topology:
+    """Walk a Keras model into a :class:`Topology`.
+
+    Raises:
+        ModelLoadError: the model has not been built (no known inputs).
+    """
+    walker = _Walker()
+    names = output_names(model)
+    if _functional_of(model) is not None:
+        inputs, outputs = walker.walk_functional(model, prefix="", sources=None)
+    elif getattr(model, "built", False) and hasattr(model, "layers"):
+        inputs, outputs = walker.walk_opaque_children(model, len(names))
+    else:
+        raise ModelLoadError("the model is not built: call it on data or give it an Input before saving")
+    output_map = {name: outputs[i] for i, name in enumerate(names) if i < len(outputs)}
+    variables = walker.assign_variables(model)
+    order = {n: i for i, n in enumerate(nx.lexicographical_topological_sort(walker.graph, key=walker.discovery.__getitem__))}
+    nx.set_node_attributes(walker.graph, order, "order")
+    return Topology(walker.graph, output_map, inputs, variables, walker.complete)
+
+
+def input_id_ranges(model: keras.Model) -> dict[str, int]:
+    """For each integer model input feeding an Embedding, its vocabulary size.
+
+    Synthetic data draws ids in ``[0, input_dim)`` for these inputs.
+    """
+    ranges: dict[str, int] = {}
+    functional = _functional_of(model)
+    if functional is None:
+        return ranges
+    by_tensor = {id(t): str(getattr(t, "name", f"input_{i}")) for i, t in enumerate(_flat(functional.inputs))}
+    for node in _nodes_in_order(functional):
+        op = node.operation
+        if type(op).__name__ != "Embedding":
+            continue
+        for tensor in node.input_tensors:
+            name = by_tensor.get(id(tensor))
+            if name is not None:
+                dim = int(getattr(op, "input_dim", 0) or 0)
+                ranges[name] = min(ranges.get(name, dim), dim) if name in ranges else dim
+    return ranges
+
+
+def input_names(model: keras.Model) -> list[str]:
+    """The names of the model's inputs, in order."""
+    functional = _functional_of(model) or model
+    tensors = _flat(getattr(functional, "inputs", None) or [])
+    return [_input_name(t, i) for i, t in enumerate(tensors)]
+
+
+# -- internals ---------------------------------------------------------------
+
+
+def _flat(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [v for k in sorted(value) for v in _flat(value[k])]
+    if isinstance(value, (list, tuple)):
+        return [v for item in value for v in _flat(item)]
+    return [value]
+
+
+def _history(tensor: Any) -> Any:
+    return getattr(tensor, "_keras_history", None)
+
+
+def _input_name(tensor: Any, index: int) -> str:
+    history = _history(tensor)
+    if history is not None:
+        return str(history[0].name)
+    return str(getattr(tensor, "name", None) or f"input_{index}")
+
+
+def _functional_of(model: Any) -> Any:
+    """The functional graph behind a model: itself, a Sequential's, or None."""
+    if hasattr(model, "_nodes_by_depth") and getattr(model, "inputs", None) is not None:
+        return model
+    inner = getattr(model, "_functional", None)
+    if inner is not None and hasattr(inner, "_nodes_by_depth"):
+        return inner
+    return None
+
+
+def _nodes_in_order(functional: Any) -> list[Any]:
+    depths = sorted(functional._nodes_by_depth, reverse=True)
+    return [node for depth in depths for node in functional._nodes_by_depth[depth]]
+
+
+def _shape_text(tensors: Any) -> str:
+    shapes = []
+    for t in _flat(tensors):
+        shape = getattr(t, "shape", None)
+        if shape is not None:
+            shapes.append("(" + ", ".join("None" if d is None else str(d) for d in shape) + ")")
+    return shapes[0] if len(shapes) == 1 else "[" + ", ".join(shapes) + "]"
+
+
+def _is_blocking(op: Any) -> bool:
+    name = type(op).__name__
+    if name in GRADIENT_BLOCKING:
+        return True
+    if name == "Cast":
+        dtype = str(getattr(op, "dtype", "") or "")
+        return "int" in dtype or "bool" in dtype
+    return False
+
+
+class _Walker:
+    def __init__(self) -> None:
+        self.graph = nx.DiGraph()
+        self.discovery: dict[str, int] = {}
+        self.owner: dict[int, str] = {}  # id(layer) -> node name
+        self.objects: dict[str, Any] = {}  # node name -> layer or op
+        self.complete = True
+
+    def add_node(self, name: str, op: Any, kind: str, parent: str, output: Any) -> str:
+        if name in self.graph:
+            return name
+        activation = getattr(op, "activation", None)
+        self.graph.add_node(
+            name,
+            kind=kind,
+            class_name=type(op).__name__,
+            parent=parent,
+            trainable_params=0,  # counted in assign_variables, once per variable
+            variables=[],
+            output_shape=_shape_text(output),
+            activation=getattr(activation, "__name__", None) if activation is not None else None,
+            blocks_gradient=_is_blocking(op),
+        )
+        self.discovery[name] = len(self.discovery)
+        self.owner.setdefault(id(op), name)
+        self.objects[name] = op
+        return name
+
+    def add_edge(self, source: str, target: str, tensor: Any) -> None:
+        if source != target:
+            self.graph.add_edge(source, target, shape=_shape_text(tensor))
+
+    def walk_functional(
+        self, model: Any, prefix: str, sources: list[str] | None
+    ) -> tuple[dict[str, str], list[str]]:
+        """Add a functional model's nodes; return its input map and output producers."""
+        functional = _functional_of(model)
+        parent = prefix.rstrip("/")
+        producer: dict[int, str] = {}
+        inputs: dict[str, str] = {}
+        for i, tensor in enumerate(_flat(functional.inputs)):
+            if sources is None:
+                name = _input_name(tensor, i)
+                history = _history(tensor)
+                self.add_node(name, history[0] if history else tensor, "input", parent, tensor)
+                inputs[name] = name
+                producer[id(tensor)] = name
+            elif i < len(sources):
+                producer[id(tensor)] = sources[i]
+        for node in _nodes_in_order(functional):
+            op = node.operation
+            if type(op).__name__ == "InputLayer":
+                continue
+            in_nodes = [producer[id(t)] for t in node.input_tensors if id(t) in producer]
+            if _functional_of(op) is not None and hasattr(op, "trainable_variables") and op is not model:
+                # a nested model: expand it in place, fed by this call's inputs
+                _, outs = self.walk_functional(op, prefix=f"{prefix}{op.name}/", sources=in_nodes)
+                for tensor, out in zip(_flat(node.outputs), outs):
+                    producer[id(tensor)] = out
+                continue
+            kind = "layer" if hasattr(op, "trainable_variables") and hasattr(op, "built") else "op"
+            if kind == "layer" and type(op).__module__.startswith("keras.src.ops"):
+                kind = "op"
+            if kind == "layer" and hasattr(op, "layers") and getattr(op, "layers", None):
+                kind = "model"  # a subclassed model used as a layer: opaque
+                self.complete = False
+            name = self.owner.get(id(op)) or f"{prefix}{op.name}"
+            self.add_node(name, op, kind, parent, node.outputs)
+            for source, tensor in zip(in_nodes, node.input_tensors):
+                self.add_edge(source, name, tensor)
+            for tensor in _flat(node.outputs):
+                producer[id(tensor)] = name
+        outputs = [producer.get(id(t), "") for t in _flat(functional.outputs)]
+        return inputs, outputs
+
+    def walk_opaque_children(self, model: Any, n_outputs: int) -> tuple[dict[str, str], list[str]]:
+        """A model whose call() is Python code: its layers, unconnected, and one call node."""
+        self.complete = False
+        for layer in getattr(model, "layers", []):
+            self.add_node(layer.name, layer, "layer", "", None)
+        call = self.add_node(f"{model.name}.call", model, "model", "", None)
+        return {}, [call] * n_outputs
+
+    def assign_variables(self, model: Any) -> tuple[VariableInfo, ...]:
+        """Map every trainable variable to the first node whose layer owns it."""
+        owner_of_var: dict[int, str] = {}
+        for name in sorted(self.objects, key=self.discovery.__getitem__):
+            for variable in getattr(self.objects[name], "trainable_variables", []) or []:
+                owner_of_var.setdefault(id(variable), name)
+        fallback = ""
+        infos: list[tuple[Any, str]] = []
+        for variable in model.trainable_variables:
+            owner = owner_of_var.get(id(variable))
+            if owner is None:  # a variable the model creates itself, outside any layer
+                if not fallback:
+                    fallback = self.add_node(f"{model.name} (own variables)", model, "model", "", None)
+                owner = fallback
+            infos.append((variable, owner))
+        paths = [str(getattr(v, "path", None) or v.name) for v, _ in infos]
+        clashes = {p for p in paths if paths.count(p) > 1}
+        seen: dict[str, int] = {}
+        result = []
+        for (variable, owner), path in zip(infos, paths):
+            if path in clashes:
+                parent = self.graph.nodes[owner]["parent"]
+                path = f"{parent}/{path}" if parent else f"{owner}/{getattr(variable, 'name', path)}"
+            count = seen.get(path, 0)
+            seen[path] = count + 1
+            if count:  # still clashing (the same layer name twice): number them
+                path = f"{path}_{count}"
+            self.graph.nodes[owner]["variables"].append(path)
+            self.graph.nodes[owner]["trainable_params"] += _size(variable)
+            result.append(VariableInfo(path, owner, tuple(int(d) for d in variable.shape)))
+        return tuple(result)
+
+
+def _has_output(layer: Any) -> bool:
+    try:
+        return layer.output is not None
+    except (AttributeError, ValueError):
+        return False
+
+
+def _size(variable: Any) -> int:
+    total = 1
+    for d in variable.shape:
+        total *= int(d)
+    return total
