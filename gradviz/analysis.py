@@ -610,7 +610,7 @@ def _findings(
             found.append(Finding(
                 "conflict", severity,
                 f"losses '{pair.losses[0]}' and '{pair.losses[1]}' pull the shared trunk in "
-                f"{'opposing' if pair.cosine < 0 else 'partly opposing'} directions (trunk cosine {pair.cosine:.3f}; "
+                f"{_conflict_words(pair.cosine)} directions (trunk cosine {pair.cosine:.3f}; "
                 f"negative on {len(conflicting)} shared layer(s){': ' + ', '.join(conflicting[:8]) if conflicting else ''}"
                 f"{' ...' if len(conflicting) > 8 else ''})",
                 pair.losses, tuple(conflicting),
@@ -636,6 +636,14 @@ def _findings(
         ))
     severity_rank = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(found, key=lambda f: (-severity_rank[f.severity], f.kind, f.message))
+
+
+def _conflict_words(trunk_cosine: float) -> str:
+    if trunk_cosine < -CLEAR_CONFLICT:
+        return "opposing"
+    if trunk_cosine < 0:
+        return "nearly orthogonal, slightly opposing"
+    return "aligned overall but, on some layers, opposing"
 
 
 def _ordered(nodes: Iterable[str], graph: nx.DiGraph, reverse: bool = False) -> list[str]:

@@ -280,8 +280,14 @@ def _check_output(name: str, outputs: Sequence[str], layers: set[str], option: s
     raise LossSpecError(f"{option}: '{name}' is not an output of the model; outputs are: {', '.join(outputs)}{hint}")
 
 
-def _is_nested(value: Any) -> bool:
-    return isinstance(value, (list, tuple, dict))
+def is_serialized_object(value: Any) -> bool:
+    """Whether a dict is one serialized Keras object rather than a per-output mapping.
+
+    Example:
+        >>> is_serialized_object({"class_name": "Huber", "config": {}}), is_serialized_object({"C": "mse"})
+        (True, False)
+    """
+    return isinstance(value, dict) and "class_name" in value and "config" in value
 
 
 def _losses_per_output(outputs: list[str], loss: Any) -> list[list[Any]]:
@@ -289,7 +295,7 @@ def _losses_per_output(outputs: list[str], loss: Any) -> list[list[Any]]:
     n = len(outputs)
     if loss is None:
         return [[] for _ in outputs]
-    if isinstance(loss, dict):
+    if isinstance(loss, dict) and not is_serialized_object(loss):
         unknown = sorted(set(map(str, loss)) - set(outputs))
         if unknown:
             raise LossSpecError(

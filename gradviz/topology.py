@@ -134,7 +134,11 @@ def build_topology(model: keras.Model) -> Topology:
         raise ModelLoadError("the model is not built: call it on data or give it an Input before saving")
     output_map = {name: outputs[i] for i, name in enumerate(names) if i < len(outputs)}
     variables = walker.assign_variables(model)
-    order = {n: i for i, n in enumerate(nx.lexicographical_topological_sort(walker.graph, key=walker.discovery.__getitem__))}
+    try:
+        ordered = list(nx.lexicographical_topological_sort(walker.graph, key=walker.discovery.__getitem__))
+    except nx.NetworkXUnfeasible:  # a layer applied to its own output: one node, a cycle; keep call order
+        ordered = sorted(walker.graph, key=walker.discovery.__getitem__)
+    order = {n: i for i, n in enumerate(ordered)}
     nx.set_node_attributes(walker.graph, order, "order")
     return Topology(walker.graph, output_map, inputs, variables, walker.complete)
 

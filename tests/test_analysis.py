@@ -1,0 +1,146 @@
+"""Reach, status and findings on models built to show each one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+from keras import layers, ops
+
+import gradviz
+from gradviz.analysis import combined_norm, shares
+
+
+def kinds(report: gradviz.Report) -> set[str]:
+    return {f.kind for f in report.findings}
+
+
+def test_shared_trunk_statuses_and_reach(build_sample: Any) -> None:
+    report = gradviz.analyze(build_sample("shared_trunk"), batch_size=16)
+    status = {l.name: (l.status, l.reached_by) for l in report.layers if l.trainable_params}
+    assert status == {
+        "A": ("shared", ("C", "D")), "B": ("shared", ("C", "D")),
+        "C": ("exclusive", ("C",)), "D": ("exclusive", ("D",)),
+    }
+    assert report.layer("C").grad_norm["D"] is None and report.layer("features").status == "no-trainable-weights"
+    assert report.trunk is not None and report.trunk.trainable_params == 16 * 32 + 32 + 32 * 32 + 32
+    assert sum(report.layer("A").share.values()) == pytest.approx(1.0)
+    assert {e for e in report.edges if e[1].startswith("loss:")} == {("C", "loss:C"), ("D", "loss:D")}
+    assert "dead-head" not in kinds(report) and "blocked-path" not in kinds(report)
+
+
+def test_dead_head(build_sample: Any) -> None:
+    report = gradviz.analyze(build_sample("dead_head"), batch_size=16)
+    (finding,) = report.findings_of("dead-head")
+    assert finding.losses == ("D",) and finding.severity == "error"
+    assert report.layer("D").status == "dead" and report.layer("D").grad_norm["D"] == 0.0
+    assert report.layer("A").reached_by == ("C",)
+
+
+def test_stop_gradient_blocks_the_trunk(build_sample: Any) -> None:
+    report = gradviz.analyze(build_sample("stop_gradient_head"), batch_size=16)
+    (finding,) = report.findings_of("blocked-path")
+    assert "stop_gradient" in finding.message and "(StopGradient)" in finding.message
+    assert finding.losses == ("D",) and finding.layers[:2] == ("A", "B")
+    blocker = [n for n in report.graph if report.graph.nodes[n].get("blocks_for")]
+    assert [report.graph.nodes[n]["class_name"] for n in blocker] == ["StopGradient"]
+    assert report.graph.edges["B", blocker[0]]["blocked_for"] == ["D"]
+
+
+def test_argmax_names_the_first_blocker_the_gradient_meets() -> None:
+    x = keras.Input((4,), name="x")
+    a = layers.Dense(8, name="A")(x)
+    cls = layers.Dense(3, activation="softmax", name="cls")(ops.stop_gradient(a))
+    picked = ops.expand_dims(ops.cast(ops.argmax(cls, axis=-1), "float32"), -1)
+    value = layers.Dense(1, name="value")(picked)
+    model = keras.Model(x, [cls, value])
+    model.compile(loss=["categorical_crossentropy", "mse"])
+    report = gradviz.analyze(model, batch_size=8)
+    messages = {f.message for f in report.findings_of("blocked-path") if f.losses == ("value",)}
+    assert len(messages) == 1
+    (message,) = messages
+    assert "(Argmax)" in message and "StopGradient" not in message and "A, cls" in message
+
+
+def test_unlossed_output_and_unreached_layer(build_sample: Any) -> None:
+    model = build_sample("shared_trunk")
+    model.compile(loss=["binary_crossentropy", None])
+    report = gradviz.analyze(model, batch_size=8)
+    assert kinds(report) >= {"no-loss-output", "unreached-layer"}
+    (unreached,) = report.findings_of("unreached-layer")
+    assert unreached.layers == ("D",) and "Gradients do not exist" in unreached.message
+    assert report.layer("D").status == "unreached"
+
+
+def test_regularization_only_is_unreached_but_not_warned_by_keras() -> None:
+    x = keras.Input((4,), name="x")
+    h = layers.Dense(4, name="h")(x)
+    side = layers.Dense(2, name="side", kernel_regularizer="l2")(h)
+    model = keras.Model(x, [layers.Dense(1, name="out")(h), side])
+    model.compile(loss=["mse", None])
+    report = gradviz.analyze(model, batch_size=8)
+    (finding,) = report.findings_of("unreached-layer")
+    assert finding.layers == ("side",) and "only the regularization gradient" in finding.message
+    assert report.layer("side").grad_norm["regularization"] > 0
+
+
+def test_dead_relu_layer() -> None:
+    x = keras.Input((4,), name="x")
+    trunk = layers.Dense(8, activation="relu", name="trunk")(x)
+    dead = layers.Dense(8, activation="relu", bias_initializer=keras.initializers.Constant(-50.0), name="dead")(trunk)
+    model = keras.Model(x, [layers.Dense(1, name="a")(trunk), layers.Dense(1, name="b")(dead)])
+    model.compile(loss="mse")
+    report = gradviz.analyze(model, batch_size=8)
+    (finding,) = report.findings_of("dead-layer")
+    assert finding.losses == ("b",) and finding.layers == ("trunk", "dead")
+    assert report.layer("trunk").reached_by == ("a",)
+    assert report.layer("dead").status == "dead"
+
+
+def test_zero_weight_and_vanishing(build_sample: Any) -> None:
+    report = gradviz.analyze(build_sample("shared_trunk"), loss_weights={"C": 0.0}, batch_size=8)
+    assert "zero-weight" in kinds(report) and report.layer("A").share == pytest.approx({"C": 0.0, "D": 1.0})
+    report = gradviz.analyze(build_sample("shared_trunk"), loss_weights={"C": 1e-7}, batch_size=8)
+    (finding,) = report.findings_of("vanishing")
+    assert finding.losses == ("C", "D")
+    assert kinds(report) >= {"dominated"}
+
+
+def test_chained_sequential_head(build_sample: Any) -> None:
+    report = gradviz.analyze(build_sample("chained_sequential"), batch_size=8)
+    (finding,) = report.findings_of("chained-head")
+    assert finding.layers == ("head1", "head2")
+
+
+def test_nan_gradient_is_a_finding_and_the_report_survives() -> None:
+    x = keras.Input((4,), name="x")
+    h = layers.Dense(4, name="h")(x)
+    bad = layers.Dense(1, name="bad")(ops.log(ops.relu(h) * 0.0))
+    model = keras.Model(x, [layers.Dense(1, name="good")(h), bad])
+    model.compile(loss="mse")
+    report = gradviz.analyze(model, batch_size=8)
+    (finding,) = report.findings_of("nan-gradient")
+    assert finding.losses == ("bad",) and finding.severity == "error"
+    assert report.layer("good").grad_norm["good"] is not None
+    assert "nan" in report.to_json() or "inf" in report.to_json()
+
+
+def test_what_if_algebra_matches_direct_sum() -> None:
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((3, 50))
+    gram = g @ g.T
+    w = np.array([0.5, 2.0, 0.1])
+    assert combined_norm(gram, w) == pytest.approx(np.linalg.norm(w @ g))
+    s = shares(gram, w)
+    total = w @ g
+    assert s == pytest.approx([w[k] * g[k] @ total / (total @ total) for k in range(3)])
+    assert s.sum() == pytest.approx(1.0)
+
+
+def test_multi_input_sample(build_sample: Any) -> None:
+    report = gradviz.analyze(build_sample("ticket_router"), batch_size=16)
+    assert report.layer("embedding").status == "shared"
+    assert {l.name for l in report.losses} == {"priority", "department"}
+    assert report.layer("embedding").pairs[0].losses == ("priority", "department")
