@@ -355,8 +355,8 @@ def _layer_info(
             {}, None, (), "no-trainable-weights", {}, (), node.get("output_shape", ""),
         )
     gram = stats.gram[var_ids].sum(axis=0)
-    exists = stats.exists[var_ids].any(axis=0)
-    max_abs = stats.max_abs[var_ids].max(axis=0)
+    exists: np.ndarray = np.asarray(stats.exists[var_ids].any(axis=0))
+    max_abs: np.ndarray = np.asarray(stats.max_abs[var_ids].max(axis=0))
     grad_norm = {n: (_sqrt(gram[k, k]) if exists[k] else None) for k, n in enumerate(names)}
     reached = tuple(names[k] for k in output_losses if exists[k] and max_abs[k] > 0)
     if len(reached) >= 2:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 import click
 
@@ -22,15 +22,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 FAIL_LEVELS = ("warning", "error")
 
 
-class ReportedError(click.ClickException):
-    """A GradvizError on its way to the terminal."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"Error: {self.format_message()}", err=True)
+def fail(message: str, exit_code: int = 1) -> NoReturn:
+    """Print one ``Error: ...`` line on stderr and exit."""
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(exit_code)
 
 
 def handle_errors(command: F) -> F:
@@ -44,20 +39,16 @@ def handle_errors(command: F) -> F:
         except GradvizError as e:
             if debug:
                 raise
-            raise ReportedError(str(e), e.exit_code) from e
-        except click.exceptions.Exit:
-            raise
-        except click.ClickException:
+            fail(str(e), e.exit_code)
+        except (click.exceptions.Exit, click.ClickException):
             raise
         except KeyboardInterrupt:
-            raise ReportedError("interrupted", 130) from None
+            fail("interrupted", 130)
         except Exception as e:  # a bug or an unexpected TensorFlow failure: still one line
             if debug:
                 raise
             text = " ".join(str(e).split())[:300]
-            raise ReportedError(
-                f"unexpected {type(e).__name__}: {text} (run with --debug for the traceback)"
-            ) from e
+            fail(f"unexpected {type(e).__name__}: {text} (run with --debug for the traceback)")
 
     return wrapper  # type: ignore[return-value]
 
@@ -200,8 +191,7 @@ def inspect(model: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None
         click.echo(summary(report, all_layers=all_layers, width=width, color=sys.stdout.isatty()), nl=False)
     if fail_on and severity_at_least(report.findings, fail_on):
         count = len(severity_at_least(report.findings, fail_on))
-        click.echo(f"Error: {count} finding(s) of severity {fail_on} or worse (--fail-on {fail_on})", err=True)
-        sys.exit(1)
+        fail(f"{count} finding(s) of severity {fail_on} or worse (--fail-on {fail_on})")
 
 
 def _terminal_width() -> int:
