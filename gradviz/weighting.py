@@ -464,9 +464,8 @@ def _alternatives(current: Mapping[str, float], outputs: Sequence[str], values: 
     equal.update({k: total / len(outputs) for k in outputs})
     uncertainty = Alternative(
         UNCERTAINTY, equal,
-        "uncertainty weighting (Kendall et al. 2018) learns one log-variance per loss; initialised at 0 (as "
-        "usual) every loss gets the same weight 1/(2 sigma^2), so it starts from equal weights (shown scaled "
-        "to your total) and adapts them during training; it does not balance gradients at the start",
+        "Kendall et al. (2018) learn a log-variance per loss, usually initialised at 0: training starts from "
+        "equal weights (here scaled to your total) and adapts them; no gradient balance at the start",
     )
     bad = [k for k in outputs if not (math.isfinite(values[k]) and values[k] > 0)]
     if bad:
@@ -480,8 +479,8 @@ def _alternatives(current: Mapping[str, float], outputs: Sequence[str], values: 
         scaled.update(balance({k: values[k] for k in outputs}, total))
         initial = Alternative(
             INITIAL_LOSS, scaled,
-            "w_k proportional to 1/L_k(0), so every weighted loss starts at the same value (scaled to your "
-            "total); it balances loss values, not gradients",
+            "w_k proportional to 1/L_k(0): every weighted loss starts at the same value; balances loss "
+            "values, not gradients",
         )
     return (initial, uncertainty)
 
