@@ -13,9 +13,9 @@ from typing import Sequence
 
 from gradviz.spec import REGULARIZATION
 
-#: Okabe-Ito colours, most distinct first: blue, orange, bluish green, vermillion,
-#: reddish purple, sky blue, yellow. (Black is kept for text and edges.)
-OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442")
+#: Okabe-Ito colours, most distinct first: blue, orange, bluish green, reddish purple,
+#: sky blue, vermillion, yellow. (Black is kept for text and edges.)
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
 
 #: the colour of the ``regularization`` term (model.losses)
 REGULARIZATION_COLOR = "#999999"

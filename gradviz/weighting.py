@@ -32,6 +32,7 @@ import numpy as np
 
 from gradviz.analysis import Finding, LayerInfo, Report, analyze_stats
 from gradviz.errors import LossSpecError
+from gradviz.palette import loss_colors
 from gradviz.spec import parse_assignment, parse_weight
 
 #: findings whose presence depends on the weights (conflict does not: cosines are of unweighted gradients)
@@ -513,6 +514,13 @@ class WhatIf:
         return [l.name for l in self.base.losses]
 
     @property
+    def colors(self) -> dict[str, str]:
+        """Each loss's colour: the report's own (``LossInfo.color``, when the analysis assigns one,
+        as the diagram legend does), else :func:`gradviz.palette.loss_colors`."""
+        fallback = loss_colors(self.loss_names)
+        return {l.name: str(getattr(l, "color", "") or fallback[l.name]) for l in self.base.losses}
+
+    @property
     def shared_layers(self) -> list[str]:
         """The layers two or more losses train, in topological order (the trunk)."""
         return [info.name for info in self.base.layers if info.status == "shared"]
@@ -545,10 +553,12 @@ class WhatIf:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of ``gradviz weights`` (contract in the README)."""
+        colors = self.colors
         return {
             "model": self.base.model_name,
             "losses": [
-                {"name": l.name, "loss": l.loss, "weight": l.weight, "value": _num(l.value), "output": l.output}
+                {"name": l.name, "loss": l.loss, "weight": l.weight, "value": _num(l.value), "output": l.output,
+                 "color": colors[l.name]}
                 for l in self.base.losses
             ],
             "shared_layers": self.shared_layers,

@@ -2,8 +2,8 @@
 
 Takes a :class:`gradviz.weighting.WhatIf` and turns it into text, a
 matplotlib figure (PNG/SVG, Agg backend, imported only when a plot is asked
-for) or files. Loss colours come from :mod:`gradviz.palette`, so the plot
-matches the diagrams' legend.
+for) or files. Loss colours are :attr:`WhatIf.colors`, so the plot matches
+the diagrams' legend.
 
 ``-o`` files of ``gradviz weights``: ``.json`` is the scenarios document;
 ``.png`` / ``.svg`` with ``--sweep`` are the sweep plot; any other format
@@ -23,7 +23,6 @@ from rich.text import Text
 
 from gradviz import output
 from gradviz.errors import OutputError
-from gradviz.palette import loss_colors
 from gradviz.report import SEVERITY_STYLE, fmt
 from gradviz.weighting import CURRENT, TRUNK, Scenario, WhatIf
 
@@ -180,7 +179,7 @@ def plot(what_if: WhatIf, fmt_name: str = "png") -> bytes:
     """The sweep plot: each loss's share of the trunk's gradient against the swept weight.
 
     One panel per ``--sweep``; the trunk's combined gradient norm on a second
-    axis (dashed), the current weight marked. Colours from :mod:`gradviz.palette`.
+    axis (dashed), the current weight marked. Colours: :attr:`WhatIf.colors`.
 
     Raises:
         OutputError: no sweep, or no trunk to show shares of.
@@ -193,7 +192,7 @@ def plot(what_if: WhatIf, fmt_name: str = "png") -> bytes:
     from matplotlib.figure import Figure
 
     names = what_if.loss_names
-    colors = loss_colors(names)
+    colors = what_if.colors
     panels = len(what_if.sweeps)
     figure = Figure(figsize=(6.4 * panels, 4.2), layout="constrained")
     FigureCanvasAgg(figure)

@@ -388,7 +388,8 @@ def test_weights_command_json_and_plots(cli: Callable[..., Any], sample_path: Ca
     assert data["shared_layers"] == ["A", "B"]
     text = svg.read_text()
     assert text.startswith("<?xml")
-    for color in loss_colors(["C", "D"]).values():  # the plot uses the palette's colours
+    assert [l["color"] for l in data["losses"]] == list(loss_colors(["C", "D"]).values())
+    for color in (l["color"] for l in data["losses"]):  # the plot uses the losses' colours
         assert color.lower() in text.lower()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
