@@ -194,6 +194,61 @@ def inspect(model: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None
         fail(f"{count} finding(s) of severity {fail_on} or worse (--fail-on {fail_on})")
 
 
+# -- gradviz weights (issue 4) ------------------------------------------------------------
+
+
+@main.command("weights")
+@click.argument("model", type=click.Path())
+@analysis_options
+@click.option("--try", "tries", multiple=True, metavar="OUTPUT=W[,OUTPUT=W...]",
+              help="A scenario with these weights; unnamed losses keep theirs. Repeatable: one scenario each.")
+@click.option("--sweep", "sweeps", multiple=True, metavar="OUTPUT=[log:]START:STOP:STEPS",
+              help="Scenarios with OUTPUT's weight at STEPS points from START to STOP (linear, or evenly "
+                   "in log scale after 'log:'); other weights as now. Repeatable.")
+@click.option("--suggest", is_flag=True,
+              help="Suggest weights giving every loss the same gradient norm on the last shared layer.")
+@click.option("--reference", metavar="LAYER",
+              help="The shared layer --suggest balances on ('trunk': all shared layers). Default: the last one.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON document on stdout.")
+@click.option("-o", "--output", "outputs", multiple=True, type=click.Path(), metavar="FILE",
+              help="Write .json (the scenarios), .png/.svg (the --sweep plot), or another report format "
+                   "for the single --try scenario. Repeatable.")
+@handle_errors
+def weights_command(model: str, tries: tuple[str, ...], sweeps: tuple[str, ...], suggest: bool,
+                    reference: str | None, as_json: bool, outputs: tuple[str, ...], **kwargs: Any) -> None:
+    """What the loss weights do to the shared trunk: what-if, conflict, suggestions.
+
+    Computes each loss's gradients once, then reports every scenario from
+    them: each loss's share of the trunk's gradient and the combined gradient
+    norm per layer under the current weights, each --try and each --sweep
+    point; the cosine between the losses' gradients (conflict); and with
+    --suggest, weights that balance the losses' gradient norms.
+
+    \b
+    Example:
+      gradviz weights samples/shared_trunk.keras --suggest
+      gradviz weights model.keras --try C=1,D=0.2 --try D=1 --json
+      gradviz weights model.keras --sweep D=log:1e-3:10:9 -o shares.png
+    """
+    from gradviz import weighting, weighting_report
+
+    parsed_tries = [weighting.parse_try(text) for text in tries]
+    parsed_sweeps = [weighting.parse_sweep(text) for text in sweeps]
+    if reference is not None and not suggest:
+        raise click.UsageError("--reference only applies with --suggest")
+    kinds = [weighting_report.output_kind(path, sweeps=len(sweeps), tries=len(tries)) for path in outputs]
+    report = run_analysis(model, **kwargs)
+    what_if = weighting.explore(report, tries=parsed_tries, sweeps=parsed_sweeps,
+                                suggest_weights=suggest, reference=reference)
+    for path, kind in zip(outputs, kinds):
+        click.echo(f"wrote {weighting_report.write(what_if, path, kind)}", err=True)
+    if as_json:
+        click.echo(what_if.to_json())
+    else:
+        width = max(80, min(160, _terminal_width()))
+        click.echo(weighting_report.summary(what_if, width=width, color=sys.stdout.isatty()), nl=False)
+
+
 def _terminal_width() -> int:
     import shutil
 

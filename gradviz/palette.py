@@ -1,0 +1,39 @@
+"""One colour per loss, the same in every picture gradviz draws.
+
+The colours are Okabe and Ito's colorblind-safe palette ("Color Universal
+Design", 2008), ordered so that the first losses get the most distinct,
+best-contrasting colours on white (yellow comes last). ``regularization`` is
+always grey, so adding a regularizer does not shift the other losses'
+colours. Diagrams, legends and plots should all call :func:`loss_colors`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from gradviz.spec import REGULARIZATION
+
+#: Okabe-Ito colours, most distinct first: blue, orange, bluish green, reddish purple,
+#: sky blue, vermillion, yellow. (Black is kept for text and edges.)
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
+
+#: the colour of the ``regularization`` term (model.losses)
+REGULARIZATION_COLOR = "#999999"
+
+
+def loss_colors(names: Sequence[str]) -> dict[str, str]:
+    """Map loss names, in report order, to colours (cycling after seven losses).
+
+    Example:
+        >>> loss_colors(["C", "D", "regularization"])
+        {'C': '#0072B2', 'D': '#E69F00', 'regularization': '#999999'}
+    """
+    colors: dict[str, str] = {}
+    index = 0
+    for name in names:
+        if name == REGULARIZATION:
+            colors[name] = REGULARIZATION_COLOR
+            continue
+        colors[name] = OKABE_ITO[index % len(OKABE_ITO)]
+        index += 1
+    return colors

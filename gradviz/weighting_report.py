@@ -1,0 +1,232 @@
+"""Showing what the loss weights do: the terminal summary, the sweep plot, output files.
+
+Takes a :class:`gradviz.weighting.WhatIf` and turns it into text, a
+matplotlib figure (PNG/SVG, Agg backend, imported only when a plot is asked
+for) or files. Loss colours are :attr:`WhatIf.colors`, so the plot matches
+the diagrams' legend.
+
+``-o`` files of ``gradviz weights``: ``.json`` is the scenarios document;
+``.png`` / ``.svg`` with ``--sweep`` are the sweep plot; any other format
+``gradviz.output`` knows (e.g. a diagram, once registered there) is the
+report of the one ``--try`` scenario (or of the current weights), the same
+output ``inspect --loss-weight`` writes.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from gradviz import output
+from gradviz.errors import OutputError
+from gradviz.report import SEVERITY_STYLE, fmt
+from gradviz.weighting import CURRENT, TRUNK, Scenario, WhatIf
+
+PLOT_FORMATS = ("png", "svg")
+JSON = "json"
+
+
+def output_kind(path: str | Path, *, sweeps: int, tries: int) -> str:
+    """What ``-o path`` writes: ``json``, ``plot``, or ``report`` (a format of ``gradviz.output``).
+
+    Checked before the analysis, so a bad name fails fast.
+
+    Example:
+        >>> output_kind("w.json", sweeps=0, tries=0), output_kind("s.svg", sweeps=1, tries=0)
+        ('json', 'plot')
+
+    Raises:
+        OutputError: the format is unknown, or a scenario report is asked for
+            with several ``--try`` (which one?), or the file cannot be written.
+    """
+    output.check_target(path)
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if suffix == JSON:
+        return JSON
+    if suffix in PLOT_FORMATS and sweeps:
+        return "plot"
+    try:
+        output.format_of(path)
+    except OutputError as e:
+        hint = " (.png/.svg draw the --sweep plot; give --sweep)" if suffix in PLOT_FORMATS else ""
+        raise OutputError(f"{e}{hint}") from None
+    if tries > 1:
+        raise OutputError(f"-o {path} writes one scenario's report; give a single --try (got {tries})")
+    return "report"
+
+
+def write(what_if: WhatIf, path: str | Path, kind: str) -> Path:
+    """Write ``path`` as :func:`output_kind` decided.
+
+    Raises:
+        OutputError: the file cannot be written, or there is nothing to plot.
+    """
+    if kind == JSON:
+        return output.write_bytes(path, (what_if.to_json() + "\n").encode())
+    if kind == "plot":
+        return output.write_bytes(path, plot(what_if, Path(path).suffix.lstrip(".").lower()))
+    chosen = what_if.scenarios[1] if what_if.tries else what_if.scenarios[0]
+    return output.write(what_if.report(chosen), path)
+
+
+# -- text --------------------------------------------------------------------------------
+
+
+def summary(what_if: WhatIf, *, width: int = 120, color: bool = False) -> str:
+    """The text the ``weights`` command prints: conflict, scenarios on the trunk, suggestion."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, force_terminal=color, no_color=not color, highlight=False)
+    base = what_if.base
+    names = what_if.loss_names
+    shared = what_if.shared_layers
+    source = base.meta.get("source") or base.model_name
+    console.print(
+        f"[bold]{source}[/bold]: {len(names)} loss(es), batch {base.meta.get('batch_size')} x "
+        f"{base.meta.get('batches')} ({base.meta.get('data', 'synthetic')} data); gradients computed once"
+    )
+    if shared:
+        listed = ", ".join(shared[:6]) + (f" ... ({len(shared)} layers)" if len(shared) > 6 else "")
+        console.print(f"Trunk (layers shared by 2+ losses): {listed}")
+    else:
+        console.print("No layer is shared by two losses: there is no trunk, the weights only scale each head.")
+
+    if base.trunk is not None and base.trunk.pairs:
+        console.print("\n[bold]Conflict[/bold]: cosine of the unweighted gradients (below 0: they pull against "
+                      "each other; independent of the weights)")
+        table = Table(show_edge=False)
+        for column in ("losses", "trunk cosine", "magnitude similarity", "shared layers with cosine < 0"):
+            table.add_column(column, justify="left" if column in ("losses", "shared layers with cosine < 0") else "right")
+        shared_infos = [info for info in base.layers if info.status == "shared"]
+        for pair in base.trunk.pairs:
+            negative = [info.name for info in shared_infos for p in info.pairs if p.losses == pair.losses and p.cosine < 0]
+            table.add_row(
+                f"{pair.losses[0]} / {pair.losses[1]}",
+                Text(f"{pair.cosine:.3f}", style="red" if pair.cosine < 0 else ""),
+                f"{pair.magnitude_similarity:.3f}",
+                f"{len(negative)} of {len(shared_infos)}" + (f": {', '.join(negative[:4])}" if negative else "")
+                + (" ..." if len(negative) > 4 else ""),
+            )
+        console.print(table)
+
+    console.print("\n[bold]Scenarios[/bold]: weights, and each loss's share of the applied gradient on the trunk"
+                  if shared else "\n[bold]Scenarios[/bold]: weights")
+    table = Table(show_edge=False)
+    table.add_column("scenario")
+    for name in names:
+        table.add_column(f"w {name}", justify="right")
+    if base.trunk is not None:
+        table.add_column("trunk grad", justify="right")
+        for name in names:
+            table.add_column(f"share {name}", justify="right")
+    table.add_column("findings")
+    for scenario in what_if.scenarios:
+        row = [scenario.label] + [f"{scenario.weights[n]:.4g}" for n in names]
+        if base.trunk is not None:
+            row.append(fmt(scenario.trunk.combined_grad_norm if scenario.trunk else None))
+            row += [_share(scenario, n) for n in names]
+        row.append(", ".join(sorted({f.kind for f in scenario.findings})))
+        table.add_row(*row, style="bold" if scenario.source == CURRENT else "")
+    console.print(table)
+
+    suggestion = what_if.suggestion
+    if suggestion is not None:
+        console.print()
+        if suggestion.weights is None:
+            console.print("[bold]Suggested weights[/bold]: none. " + " ".join(suggestion.notes))
+        else:
+            where = "the trunk" if suggestion.reference_layer == TRUNK else f"layer '{suggestion.reference_layer}'"
+            console.print(
+                f"[bold]Suggested weights[/bold] (every loss's weighted gradient norm on {where} = "
+                f"{fmt(suggestion.balanced_grad_norm)}; same total weight as now):"
+            )
+            console.print(f"  {suggestion.loss_weights_line}", soft_wrap=True)
+            console.print(f"  gradviz inspect {source} {suggestion.cli_options}", soft_wrap=True)
+            for loss, reason in suggestion.unbalanced.items():
+                console.print(f"  not balanced: {loss}: {reason} (kept at {suggestion.weights[loss]:g})")
+            for note in suggestion.notes:
+                console.print(f"  note: {note}")
+        for alternative in suggestion.alternatives:
+            shown = (", ".join(f"{k}={alternative.weights[k]:.4g}" for k in suggestion.outputs)
+                     if alternative.weights else "n/a")
+            console.print(f"  {alternative.name} would start from {shown}\n    ({alternative.note})")
+
+    conflicts = [f for f in base.findings if f.kind == "conflict"]
+    if conflicts:
+        console.print()
+        for finding in conflicts:
+            line = Text()
+            line.append(f"{finding.severity.upper():8}", style=SEVERITY_STYLE[finding.severity])
+            line.append(f"{finding.kind}: ", style="bold")
+            line.append(finding.message)
+            console.print(line)
+    return buffer.getvalue()
+
+
+def _share(scenario: Scenario, name: str) -> str:
+    if scenario.trunk is None or name not in scenario.trunk.share:
+        return "-"
+    return f"{scenario.trunk.share[name]:.1%}"
+
+
+# -- the sweep plot ------------------------------------------------------------------------------
+
+
+def plot(what_if: WhatIf, fmt_name: str = "png") -> bytes:
+    """The sweep plot: each loss's share of the trunk's gradient against the swept weight.
+
+    One panel per ``--sweep``; the trunk's combined gradient norm on a second
+    axis (dashed), the current weight marked. Colours: :attr:`WhatIf.colors`.
+
+    Raises:
+        OutputError: no sweep, or no trunk to show shares of.
+    """
+    if not what_if.sweeps:
+        raise OutputError("the plot shows a --sweep: give one")
+    if what_if.base.trunk is None:
+        raise OutputError("no layer is shared by two losses: there is no trunk share to plot")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = what_if.loss_names
+    colors = what_if.colors
+    panels = len(what_if.sweeps)
+    figure = Figure(figsize=(6.4 * panels, 4.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, panels, squeeze=False)[0]
+    current = what_if.scenarios[0].weights
+    for ax, sweep in zip(axes, what_if.sweeps):
+        points = what_if.sweep_scenarios(sweep)
+        xs = [s.swept[1] if s.swept else float("nan") for s in points]
+        for name in names:
+            ys = [s.trunk.share.get(name, float("nan")) if s.trunk else float("nan") for s in points]
+            ax.plot(xs, ys, marker="o", markersize=3, color=colors[name], label=f"share {name}")
+        ax.axhline(0.0, color="#000000", linewidth=0.6)
+        ax.axvline(current[sweep.loss], color="#555555", linestyle=":", linewidth=1)
+        ax.annotate("current", (current[sweep.loss], 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(3, -12), textcoords="offset points", fontsize=8, color="#555555")
+        if sweep.scale == "log":
+            ax.set_xscale("log")
+        ax.set_xlabel(f"weight of '{sweep.loss}' (other weights as now)")
+        ax.set_ylabel("share of the trunk's gradient")
+        ax.set_title(f"Trunk gradient shares, sweeping '{sweep.loss}'", fontsize=10)
+        norm_ax = ax.twinx()
+        norms = [s.trunk.combined_grad_norm if s.trunk and s.trunk.combined_grad_norm is not None else float("nan")
+                 for s in points]
+        norm_ax.plot(xs, norms, color="#000000", linestyle="--", linewidth=1, label="trunk grad norm")
+        norm_ax.set_ylabel("trunk combined gradient norm (dashed)")
+        if sweep.scale == "log" and all(n > 0 for n in norms):
+            norm_ax.set_yscale("log")
+        lines = ax.get_legend_handles_labels()
+        extra = norm_ax.get_legend_handles_labels()
+        ax.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=8, loc="best")
+    buffer = io.BytesIO()
+    metadata = {"Date": None} if fmt_name == "svg" else {}
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.hashsalt": "gradviz"}):
+        figure.savefig(buffer, format=fmt_name, metadata=metadata, dpi=120)
+    return buffer.getvalue()
