@@ -376,6 +376,11 @@ def _tooltip(report: Report, box: _Box) -> str:
     return text
 
 
+def _short(box: _Box, name: str) -> str:
+    """``name`` without its nested model's prefix: inside a cluster, the cluster names the model."""
+    return name[len(box.parent) + 1:] if box.parent and name.startswith(box.parent + "/") else name
+
+
 def _node(report: Report, box: _Box, options: RenderOptions, colors: dict[str, str], dead_heads: set[str]) -> str:
     info = box.info
     attrs: dict[str, str | float | int] = {}
@@ -393,7 +398,7 @@ def _node(report: Report, box: _Box, options: RenderOptions, colors: dict[str, s
     if box.kind == "op":
         lines = [_h(box.class_name)]
     elif box.kind == "run":
-        lines = [f"<B>{_h(box.members[0])} … {_h(box.members[-1])}</B>",
+        lines = [f"<B>{_h(_short(box, box.members[0]))} … {_h(_short(box, box.members[-1]))}</B>",
                  f'<FONT POINT-SIZE="9">×{len(box.members)}: {_h(box.class_name)}</FONT>']
     else:
         detail = box.class_name
@@ -401,7 +406,7 @@ def _node(report: Report, box: _Box, options: RenderOptions, colors: dict[str, s
             detail = f"nested model · {len(box.members)} layers"
         if info is not None and info.trainable_params:
             detail += f" · {info.trainable_params:,} params"
-        lines = [f"<B>{_h(box.id)}</B>", f'<FONT POINT-SIZE="9">{_h(detail)}</FONT>']
+        lines = [f"<B>{_h(_short(box, box.id))}</B>", f'<FONT POINT-SIZE="9">{_h(detail)}</FONT>']
     if box.blocks_for:
         lines.append(f'<FONT COLOR="{WARNING_COLOR}">blocks {_h(", ".join(box.blocks_for))}</FONT>')
     if options.show_shapes and box.output_shape:
