@@ -210,13 +210,15 @@ def inspect(model: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None
     """
     from gradviz import output
     from gradviz.analysis import severity_at_least
-    from gradviz.render import require_dot
+    from gradviz.render import dot_available, require_dot
 
     options = make_render_options(kwargs)
     for path in outputs:  # fail before the (slow) analysis
         if output.format_of(path, fmt) in output.NEEDS_GRAPHVIZ:
             require_dot()
         output.check_target(path)
+    if any(output.format_of(path, fmt) == "html" for path in outputs) and not dot_available():
+        click.echo("note: Graphviz's dot is not installed: the HTML report is written without its diagram", err=True)
     report = run_analysis(model, **kwargs)
     for path in outputs:
         written = output.write(report, path, fmt, options)

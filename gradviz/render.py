@@ -311,7 +311,7 @@ def _flows(view: _View) -> dict[str, float | None]:
     flows: dict[str, float | None] = {}
     for box_id, box in view.boxes.items():  # topological order
         own = box.info.combined_grad_norm if box.info is not None else None
-        if box.blocks_for:
+        if box.blocks_for and box.kind != "model":
             flows[box_id] = None
             continue
         if own is not None and box.info is not None and box.info.trainable_params > 0:
@@ -421,7 +421,7 @@ def _node(report: Report, box: _Box, options: RenderOptions, colors: dict[str, s
     attrs["shape"] = "box"
     if box.kind == "input":
         attrs.update(style="rounded,filled", fillcolor="#F2F2F2", color="#666666")
-    elif box.blocks_for:
+    elif box.blocks_for and box.kind not in ("model", "run"):
         attrs.update(shape="octagon", style="filled", fillcolor="#FFFFFF", color=WARNING_COLOR, penwidth=2.0,
                      fontsize=9)
     elif status in ("shared", "exclusive") and info is not None:
@@ -565,15 +565,20 @@ def build_dot(report: Report, options: RenderOptions = RenderOptions()) -> str:
 # -- the one place dot runs ---------------------------------------------------------------
 
 
+def dot_available() -> bool:
+    """Whether Graphviz's ``dot`` is on the PATH (a check; nothing is run)."""
+    import shutil
+
+    return shutil.which("dot") is not None
+
+
 def require_dot() -> None:
     """Fail early, before a slow analysis, when ``dot`` is not on the PATH.
 
     Raises:
         GraphvizMissingError: Graphviz is not installed.
     """
-    import shutil
-
-    if shutil.which("dot") is None:
+    if not dot_available():
         raise GraphvizMissingError(INSTALL_HINT)
 
 

@@ -271,6 +271,9 @@ def test_cli_missing_dot(cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatc
     assert len(errors) == 1 and "install Graphviz" in errors[0] and "-o FILE.dot" in errors[0]
     assert len(result.stderr.strip().splitlines()) == 1
     assert not list(out.iterdir())
+    html_only = cli("inspect", SAMPLES / "shared_trunk.keras", "-o", out / "a.html")
+    assert html_only.exit_code == 0 and "without its diagram" in html_only.stderr
+    assert "No diagram" in (out / "a.html").read_text()
 
 
 # -- GraphML -----------------------------------------------------------------------------------
