@@ -28,7 +28,7 @@ setup: $(STAMP) graphviz
 
 demo: setup
 	mkdir -p demo
-	$(VENV)/bin/gradviz inspect samples/shared_trunk.keras -o demo/shared_trunk.json
+	$(VENV)/bin/gradviz inspect samples/shared_trunk.keras -o demo/shared_trunk.json -o demo/shared_trunk.svg -o demo/shared_trunk.html
 	@echo "demo report written to demo/" >&2
 
 test: setup

@@ -36,6 +36,11 @@ STATUSES = ("shared", "exclusive", "dead", "unreached", "no-trainable-weights")
 LOSS_NODE_PREFIX = "loss:"
 #: a trunk cosine below minus this is a clear conflict (a warning); between it and 0, info
 CLEAR_CONFLICT = 0.1
+#: Loss colours, in loss order: the Okabe-Ito palette (distinguishable with the common colour-vision
+#: deficiencies), black left out since it is the colour of text and edges. Cycles after 7 losses.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
+#: the colour of the regularization term: a neutral grey, it is no output's loss
+REGULARIZATION_COLOR = "#999999"
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,27 @@ class LossInfo:
     weight: float
     value: float
     output: str | None
+    color: str = ""
+
+
+def loss_colors(losses: Sequence[tuple[str, str | None]]) -> dict[str, str]:
+    """The colour of each loss, given ``(name, output)`` pairs in loss order.
+
+    Output losses take :data:`PALETTE` colours in order; a loss without an
+    output (``regularization``) is grey. This is the one place colours are
+    assigned, so the diagram, its legend, the HTML and the JSON agree.
+
+    Example:
+        >>> loss_colors([("C", "C"), ("D", "D"), ("regularization", None)])
+        {'C': '#0072B2', 'D': '#E69F00', 'regularization': '#999999'}
+    """
+    colors: dict[str, str] = {}
+    for name, output in losses:
+        if output is None:
+            colors[name] = REGULARIZATION_COLOR
+        else:
+            colors[name] = PALETTE[sum(1 for c in colors.values() if c != REGULARIZATION_COLOR) % len(PALETTE)]
+    return colors
 
 
 @dataclass(frozen=True)
@@ -150,7 +176,8 @@ class Report:
         return {
             "model": self.model_name,
             "losses": [
-                {"name": l.name, "loss": l.loss, "weight": l.weight, "value": _num(l.value), "output": l.output}
+                {"name": l.name, "loss": l.loss, "weight": l.weight, "value": _num(l.value), "output": l.output,
+                 "color": l.color}
                 for l in self.losses
             ],
             "layers": [_layer_dict(info) for info in self.layers],
@@ -317,8 +344,10 @@ def analyze_stats(
         if shared_vars
         else None
     )
+    colors = loss_colors([(n, term_by_name[n].output) for n in names])
     losses = [
-        LossInfo(n, term_by_name[n].loss, term_by_name[n].weight, float(stats.loss_values[k]), term_by_name[n].output)
+        LossInfo(n, term_by_name[n].loss, term_by_name[n].weight, float(stats.loss_values[k]), term_by_name[n].output,
+                 colors[n])
         for k, n in enumerate(names)
     ]
     analysed = _annotated_graph(topology, layers, losses)
@@ -408,7 +437,7 @@ def _annotated_graph(topology: Topology, layers: list[LayerInfo], losses: list[L
         node = loss_node(loss.name, graph)
         graph.add_node(
             node, kind="loss", class_name="loss", parent="", loss=loss.loss, weight=loss.weight,
-            value=loss.value, output=loss.output, order=next_order, trainable_params=0, variables=[],
+            value=loss.value, output=loss.output, color=loss.color, order=next_order, trainable_params=0, variables=[],
             blocks_gradient=False, output_shape="", activation=None,
         )
         next_order += 1
@@ -416,6 +445,37 @@ def _annotated_graph(topology: Topology, layers: list[LayerInfo], losses: list[L
         if source:
             graph.add_edge(source, node, shape="")
     return graph
+
+
+def group_info(report: Report, name: str, members: Sequence[str]) -> LayerInfo:
+    """The figures of several layers taken as one (all their trainable variables as one vector).
+
+    Used to draw a collapsed nested model or a compacted run of layers as one
+    box: norms, shares, reach and status are computed from the summed Gram
+    matrices exactly as for a single layer.
+
+    Args:
+        report: an analysed report (it must keep ``stats`` and ``topology``).
+        name: the name of the group.
+        members: the graph nodes in the group.
+
+    Raises:
+        ValueError: the report has no statistics (built without ``analyze_stats``).
+    """
+    if report.stats is None or report.topology is None:
+        raise ValueError("the report keeps no gradient statistics")
+    stats = report.stats
+    names = list(stats.loss_names)
+    by_name = {l.name: l for l in report.losses}
+    weights = np.array([by_name[n].weight for n in names], dtype=np.float64)
+    output_losses = [k for k, n in enumerate(names) if by_name[n].output is not None]
+    wanted = set(members)
+    var_ids = [v for v, info in enumerate(report.topology.variables) if info.layer in wanted]
+    node = {
+        "class_name": "group", "kind": "group", "parent": "", "output_shape": "",
+        "trainable_params": sum(report.graph.nodes[m].get("trainable_params", 0) for m in members),
+    }
+    return _layer_info(name, node, var_ids, stats, names, weights, output_losses)
 
 
 def loss_node(name: str, graph: nx.DiGraph | None = None) -> str:

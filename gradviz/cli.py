@@ -84,6 +84,39 @@ def analysis_options(command: F) -> F:
     return command
 
 
+def render_options(command: F) -> F:
+    """The options of diagrams and the HTML report (``-o FILE.svg/.png/.pdf/.dot/.html``)."""
+    options = [
+        click.option("--show-shapes", is_flag=True, help="Diagrams: add output shapes to the boxes."),
+        click.option("--show-norms", is_flag=True, help="Diagrams: add per-loss and combined gradient norms."),
+        click.option("--rankdir", type=click.Choice(["TB", "LR"]), default="TB", show_default=True,
+                     help="Diagrams: top-to-bottom or left-to-right."),
+        click.option("--expand-nested/--collapse-nested", default=True, show_default=True,
+                     help="Diagrams: draw nested models as clusters of their layers, or as one box each."),
+        click.option("--compact", is_flag=True,
+                     help="Diagrams: merge chains of layers with the same reach and status into one box."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def make_render_options(kwargs: dict[str, Any]) -> Any:
+    """Pop the :func:`render_options` values from ``kwargs`` into a ``RenderOptions`` (with the command line)."""
+    import shlex
+
+    from gradviz.render import RenderOptions
+
+    return RenderOptions(
+        show_shapes=kwargs.pop("show_shapes"),
+        show_norms=kwargs.pop("show_norms"),
+        rankdir=kwargs.pop("rankdir"),
+        expand_nested=kwargs.pop("expand_nested"),
+        compact=kwargs.pop("compact"),
+        command=shlex.join(["gradviz", *sys.argv[1:]]),
+    )
+
+
 def run_analysis(model: str, **kwargs: Any) -> Any:
     """Parse the shared options and call :func:`gradviz.analyze`."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -151,8 +184,10 @@ def main() -> None:
 @analysis_options
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON report on stdout.")
 @click.option("-o", "--output", "outputs", multiple=True, type=click.Path(), metavar="FILE",
-              help="Write the report; the extension picks the format (.json). Repeatable.")
+              help="Write the report; the extension picks the format: .json, .html, .graphml, .dot, and "
+                   ".svg/.png/.pdf (need Graphviz). Repeatable.")
 @click.option("--format", "fmt", default=None, metavar="FORMAT", help="Format of every -o file, overriding extensions.")
+@render_options
 @click.option("--all-layers", is_flag=True, help="List operations and weightless layers in the table too.")
 @click.option("--fail-on", type=click.Choice(FAIL_LEVELS), default=None,
               help="Exit 1 when a finding of this severity or worse exists (for CI).")
@@ -171,16 +206,22 @@ def inspect(model: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None
       gradviz inspect samples/shared_trunk.keras
       gradviz inspect model.keras --data batch.npz --batches 4 -o report.json
       gradviz inspect model.keras --loss D=mse --loss-weight D=0.1 --fail-on error
+      gradviz inspect model.keras -o flow.svg -o report.html --show-norms --compact
     """
     from gradviz import output
     from gradviz.analysis import severity_at_least
+    from gradviz.render import dot_available, require_dot
 
+    options = make_render_options(kwargs)
     for path in outputs:  # fail before the (slow) analysis
-        output.format_of(path, fmt)
+        if output.format_of(path, fmt) in output.NEEDS_GRAPHVIZ:
+            require_dot()
         output.check_target(path)
+    if any(output.format_of(path, fmt) == "html" for path in outputs) and not dot_available():
+        click.echo("note: Graphviz's dot is not installed: the HTML report is written without its diagram", err=True)
     report = run_analysis(model, **kwargs)
     for path in outputs:
-        written = output.write(report, path, fmt)
+        written = output.write(report, path, fmt, options)
         click.echo(f"wrote {written}", err=True)
     if as_json:
         click.echo(report.to_json())

@@ -2,6 +2,10 @@
 
 A failed run leaves no half-written file: content goes to a temporary file in
 the target's directory, which replaces the target only when complete.
+
+Every writer takes the report and the :class:`~gradviz.render.RenderOptions`
+and returns the file's bytes; :data:`NEEDS_GRAPHVIZ` names the formats that
+run Graphviz's ``dot``.
 """
 
 from __future__ import annotations
@@ -13,16 +17,52 @@ from typing import Callable
 
 from gradviz.analysis import Report
 from gradviz.errors import OutputError
+from gradviz.render import GRAPHVIZ_FORMATS, RenderOptions
 
-Writer = Callable[[Report], bytes]
+Writer = Callable[[Report, RenderOptions], bytes]
 
 
-def _json(report: Report) -> bytes:
+def _json(report: Report, options: RenderOptions) -> bytes:
     return (report.to_json() + "\n").encode()
 
 
+def _dot(report: Report, options: RenderOptions) -> bytes:
+    from gradviz.render import build_dot
+
+    return build_dot(report, options).encode("utf-8")
+
+
+def _graphviz(fmt: str) -> Writer:
+    def write(report: Report, options: RenderOptions) -> bytes:
+        from gradviz.render import build_dot, render
+
+        return render(build_dot(report, options), fmt)
+
+    return write
+
+
+def _html(report: Report, options: RenderOptions) -> bytes:
+    from gradviz.html import build_html
+
+    return build_html(report, options).encode("utf-8")
+
+
+def _graphml(report: Report, options: RenderOptions) -> bytes:
+    from gradviz.graphml import to_graphml
+
+    return to_graphml(report)
+
+
 #: format name -> writer.
-WRITERS: dict[str, Writer] = {"json": _json}
+WRITERS: dict[str, Writer] = {
+    "json": _json,
+    "dot": _dot,
+    "html": _html,
+    "graphml": _graphml,
+    **{fmt: _graphviz(fmt) for fmt in GRAPHVIZ_FORMATS},
+}
+#: the formats that need Graphviz's dot program (the HTML report only embeds a diagram when it is there)
+NEEDS_GRAPHVIZ = frozenset(GRAPHVIZ_FORMATS)
 
 
 def formats() -> list[str]:
@@ -91,11 +131,18 @@ def write_bytes(path: str | Path, content: bytes) -> Path:
     return target
 
 
-def write(report: Report, path: str | Path, fmt: str | None = None) -> Path:
+def write(report: Report, path: str | Path, fmt: str | None = None, options: RenderOptions | None = None) -> Path:
     """Write ``report`` to ``path`` in the format its extension (or ``fmt``) names.
+
+    Args:
+        report: the analysis.
+        path: the file to write.
+        fmt: a format overriding the extension.
+        options: how to draw diagrams (default :class:`~gradviz.render.RenderOptions`).
 
     Raises:
         OutputError: unknown format or the file cannot be written.
+        GraphvizMissingError: the format needs Graphviz's dot and it is not installed.
     """
     name = format_of(path, fmt)
-    return write_bytes(path, WRITERS[name](report))
+    return write_bytes(path, WRITERS[name](report, options or RenderOptions()))

@@ -58,8 +58,11 @@ def summary(report: Report, *, all_layers: bool = False, width: int = 120, color
         losses.add_column(column, justify="right" if column in ("weight", "value", "weighted trunk grad") else "left")
     for loss in report.losses:
         trunk_norm = report.trunk.grad_norm.get(loss.name) if report.trunk else None
+        label = Text(loss.name)
+        if color and loss.color:  # the loss's colour in diagrams, the HTML and the JSON
+            label = Text.assemble(("■ ", loss.color), loss.name)
         losses.add_row(
-            loss.name, loss.loss, f"{loss.weight:g}", fmt(loss.value),
+            label, loss.loss, f"{loss.weight:g}", fmt(loss.value),
             fmt(None if trunk_norm is None else loss.weight * trunk_norm),
         )
     console.print(losses)

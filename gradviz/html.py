@@ -1,0 +1,287 @@
+"""The self-contained HTML report: diagram, losses, layers, findings, and the command that made it.
+
+One file with inline SVG, CSS and a few lines of JavaScript (sortable layer
+table): nothing is fetched from the network, so it can be mailed, attached to
+a CI run or opened offline. When Graphviz's ``dot`` is missing, the report is
+still written, with a note in place of the diagram.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections import Counter
+
+from gradviz.analysis import STATUSES, Finding, LayerInfo, Report
+from gradviz.errors import GraphvizMissingError
+from gradviz.render import RenderOptions, build_dot, render
+from gradviz.report import fmt
+
+#: per finding kind: (what it means, what to try)
+EXPLANATIONS: dict[str, tuple[str, str]] = {
+    "dead-head": (
+        "This loss contributes nothing to training: every weight gets a zero (or no) gradient from it.",
+        "Check the head's activation (a ReLU stuck at 0, a saturated sigmoid or softmax), its bias "
+        "initialisation, and whether the targets suit the loss; look for a stop_gradient, argmax or integer "
+        "cast between the head and the trunk.",
+    ),
+    "blocked-path": (
+        "Layers feed this output, but its loss's gradient cannot flow back to them through the named "
+        "operation, so the loss does not train them.",
+        "If unintended, remove ops.stop_gradient, replace argmax/round/integer casts with a differentiable "
+        "version (softmax, a straight-through estimator); if intended (a frozen feature extractor), ignore it.",
+    ),
+    "nan-gradient": (
+        "A loss value or gradient is NaN or infinite; training with it corrupts the weights.",
+        "Check the data for NaN/Inf, use from_logits=True instead of a log of a softmax/sigmoid, guard "
+        "log/sqrt/division against zero in custom losses, and clip extreme inputs.",
+    ),
+    "unreached-layer": (
+        "These layers have trainable weights that no loss trains: they keep their initial values.",
+        "Connect the layer to an output with a loss, give its output a loss, set trainable=False if it is "
+        "meant to be frozen, or remove it.",
+    ),
+    "dead-layer": (
+        "The loss's gradient reaches the layer but is exactly zero there, typically dead ReLUs.",
+        "Try LeakyReLU or GELU, He initialisation, normalised inputs or BatchNormalization, and a smaller "
+        "learning rate; re-run with real data (--data) to confirm.",
+    ),
+    "vanishing": (
+        "On the shared trunk, this loss's weighted gradient is tiny next to another's: it barely shapes the "
+        "shared features.",
+        "Raise its loss weight (try --loss-weight OUTPUT=W to see the effect without retraining), normalise "
+        "the losses' scales, or use adaptive weighting (GradNorm, uncertainty weighting). Synthetic targets have "
+        "unit scale: check with real data.",
+    ),
+    "dominated": (
+        "One loss provides almost all of the shared trunk's gradient; the others hardly influence it.",
+        "Lower the dominant loss's weight or raise the others' (--loss-weight shows the effect), or normalise "
+        "the loss scales.",
+    ),
+    "conflict": (
+        "Two losses pull the shared trunk in opposing directions (negative cosine of their gradients), so "
+        "part of each update cancels out.",
+        "Slight negative cosines at random initialisation are noise: re-check on a trained model with real "
+        "data. For a real conflict, re-weight the losses, give each head more private layers, or use gradient "
+        "surgery (PCGrad).",
+    ),
+    "no-loss-output": (
+        "An output has no loss: the layers only it uses are never trained.",
+        "Give the output a loss (--loss OUTPUT=LOSS to try), or remove it from the model's outputs.",
+    ),
+    "zero-weight": (
+        "A loss with weight 0 is computed but trains nothing.",
+        "Give it a nonzero weight, or drop it from compile() if it is only a metric.",
+    ),
+    "chained-head": (
+        "A layer that ends in sigmoid/softmax feeds another trainable layer: a second head chained behind the "
+        "first, so the first head's output is squashed features, not a prediction with its own loss.",
+        "Build the model with the functional API and branch both heads from the trunk.",
+    ),
+    "incomplete-graph": (
+        "Part of the model is subclassed Python code: per-layer figures are exact, but paths through it are "
+        "unknown, so blocked paths cannot be located there.",
+        "Build that part with the functional API to get the full graph.",
+    ),
+}
+GENERIC = ("See the message for details.", "")
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       margin: 2rem auto; max-width: 1200px; padding: 0 1rem; color: #222; line-height: 1.4; }
+h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { font-size: 1.2rem; margin-top: 2rem; }
+.meta { color: #555; font-size: .9rem; }
+pre.command { background: #f4f4f4; padding: .6rem .8rem; border-radius: 4px; overflow-x: auto; }
+.diagram { border: 1px solid #ddd; border-radius: 4px; overflow: auto; max-height: 85vh; padding: .5rem; }
+.diagram svg { max-width: 100%; height: auto; }
+.note { background: #fff6e5; border-left: 4px solid #E69F00; padding: .6rem .8rem; }
+table { border-collapse: collapse; font-size: .9rem; }
+th, td { padding: .25rem .6rem; border-bottom: 1px solid #e4e4e4; text-align: left; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.sortable th { cursor: pointer; user-select: none; white-space: nowrap; }
+table.sortable th[data-order="asc"]::after { content: " \\25B2"; }
+table.sortable th[data-order="desc"]::after { content: " \\25BC"; }
+.swatch { display: inline-block; width: .9em; height: .9em; border-radius: 2px; vertical-align: -0.1em;
+          margin-right: .3em; border: 1px solid rgba(0,0,0,.25); }
+.status-shared { color: #006e4f; } .status-exclusive { color: #005a8c; }
+.status-dead { color: #C00000; font-weight: bold; } .status-unreached { color: #777; font-style: italic; }
+.status-no-trainable-weights { color: #999; }
+.finding { border-left: 4px solid #ccc; padding: .4rem .8rem; margin: .6rem 0; background: #fafafa; }
+.finding.error { border-color: #C00000; } .finding.warning { border-color: #E69F00; }
+.finding.info { border-color: #56B4E9; }
+.finding .kind { font-weight: bold; } .finding .severity { text-transform: uppercase; font-size: .8rem; }
+.finding p { margin: .3rem 0; }
+"""
+
+SORT_JS = """
+document.querySelectorAll("table.sortable th").forEach(function (th, column) {
+  th.addEventListener("click", function () {
+    var table = th.closest("table"), body = table.tBodies[0];
+    var asc = th.dataset.order !== "asc";
+    table.querySelectorAll("th").forEach(function (h) { delete h.dataset.order; });
+    th.dataset.order = asc ? "asc" : "desc";
+    function key(row) {
+      var cell = row.cells[column], text = cell.dataset.sort !== undefined ? cell.dataset.sort : cell.textContent;
+      var number = parseFloat(text);
+      return isNaN(number) ? [1, text.toLowerCase()] : [0, number];
+    }
+    Array.from(body.rows).sort(function (a, b) {
+      var x = key(a), y = key(b);
+      if (x[0] !== y[0]) { return x[0] - y[0]; }  /* numbers before text either way */
+      return (x[1] < y[1] ? -1 : x[1] > y[1] ? 1 : 0) * (asc ? 1 : -1);
+    }).forEach(function (row) { body.appendChild(row); });
+  });
+});
+"""
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def inline_svg(svg: str) -> str:
+    """Graphviz's SVG document made fit to inline in HTML: no XML prolog, DOCTYPE or namespace URLs.
+
+    HTML parsers put an inline ``<svg>`` in the SVG namespace themselves, so
+    the ``xmlns`` declarations (URLs, though never fetched) can go.
+
+    Example:
+        >>> inline_svg('<?xml version="1.0"?>\\n<!DOCTYPE svg>\\n<svg xmlns="http://www.w3.org/2000/svg" '
+        ...            'xmlns:xlink="http://www.w3.org/1999/xlink" width="8pt"><g/></svg>\\n')
+        '<svg width="8pt"><g/></svg>'
+    """
+    start = svg.find("<svg")
+    body = svg[start:] if start >= 0 else svg
+    body = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", body, count=2)
+    return body.strip()
+
+
+def _swatch(color: str) -> str:
+    return f'<span class="swatch" style="background:{_e(color)}"></span>'
+
+
+def _num_cell(value: float | None) -> str:
+    sort = "" if value is None else ("nan" if math.isnan(value) else repr(float(value)))
+    return f'<td class="num" data-sort="{_e(sort)}">{_e(fmt(value))}</td>'
+
+
+def _diagram(report: Report, options: RenderOptions) -> str:
+    try:
+        svg = render(build_dot(report, options), "svg").decode("utf-8")
+    except GraphvizMissingError as e:
+        return (f'<p class="note">No diagram: {_e(e)}. The tables below are complete; '
+                "re-run with Graphviz installed to include the diagram.</p>")
+    return f'<div class="diagram">{inline_svg(svg)}</div>'
+
+
+def _losses(report: Report) -> str:
+    rows = []
+    for loss in report.losses:
+        trunk_norm = report.trunk.grad_norm.get(loss.name) if report.trunk else None
+        trunk_share = report.trunk.share.get(loss.name) if report.trunk else None
+        rows.append(
+            "<tr>"
+            f"<td>{_swatch(loss.color)}{_e(loss.name)}</td><td>{_e(loss.output or '-')}</td><td>{_e(loss.loss)}</td>"
+            f'<td class="num">{_e(f"{loss.weight:g}")}</td>{_num_cell(loss.value)}'
+            f"{_num_cell(None if trunk_norm is None else loss.weight * trunk_norm)}"
+            f'<td class="num">{_e("-" if trunk_share is None else f"{trunk_share:.1%}")}</td>'
+            "</tr>"
+        )
+    head = ("<tr><th>loss</th><th>output</th><th>function</th><th class=\"num\">weight</th>"
+            "<th class=\"num\">value</th><th class=\"num\">weighted trunk grad</th>"
+            "<th class=\"num\">trunk share</th></tr>")
+    return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _layers(report: Report) -> str:
+    names = [l.name for l in report.losses]
+    colors = {l.name: l.color for l in report.losses}
+    nested = any(info.parent for info in report.layers)
+    head = ["#", "layer", "class", "kind"] + (["model"] if nested else []) + ["params", "output shape"]
+    cells = [f"<th>{_e(h)}</th>" if h not in ("#", "params") else f'<th class="num">{_e(h)}</th>' for h in head]
+    cells += [f'<th class="num">{_swatch(colors[n])}{_e(n)}</th>' for n in names]
+    cells += ['<th class="num">combined</th>', "<th>status</th>", "<th>reached by</th>", "<th>share</th>"]
+    rows = []
+    for index, info in enumerate(report.layers):
+        row = [f'<td class="num">{index}</td>', f"<td>{_e(info.name)}</td>", f"<td>{_e(info.class_name)}</td>",
+               f"<td>{_e(info.kind)}</td>"]
+        if nested:
+            row.append(f"<td>{_e(info.parent or '')}</td>")
+        row.append(f'<td class="num" data-sort="{info.trainable_params}">{info.trainable_params:,}</td>')
+        row.append(f"<td>{_e(info.output_shape)}</td>")
+        row += [_num_cell(info.grad_norm.get(n)) for n in names]
+        row.append(_num_cell(info.combined_grad_norm))
+        row.append(f'<td class="status-{_e(info.status)}">{_e(info.status)}</td>')
+        row.append(f"<td>{_e(', '.join(info.reached_by))}</td>")
+        row.append(f"<td>{_e(_shares(info))}</td>")
+        rows.append("<tr>" + "".join(row) + "</tr>")
+    return (f'<table class="sortable"><thead><tr>{"".join(cells)}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _shares(info: LayerInfo) -> str:
+    return ", ".join(f"{k} {v:.0%}" for k, v in info.share.items() if math.isfinite(v)) if len(info.share) > 1 else ""
+
+
+def _finding(finding: Finding) -> str:
+    meaning, advice = EXPLANATIONS.get(finding.kind, GENERIC)
+    parts = [
+        f'<div class="finding {_e(finding.severity)}">',
+        f'<span class="severity">{_e(finding.severity)}</span> <span class="kind">{_e(finding.kind)}</span>',
+        f"<p>{_e(finding.message)}</p>",
+        f"<p><b>What it means:</b> {_e(meaning)}</p>",
+    ]
+    if advice:
+        parts.append(f"<p><b>What to try:</b> {_e(advice)}</p>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _counts(report: Report) -> str:
+    counts = Counter(info.status for info in report.layers if info.trainable_params > 0)
+    parts = [f"{counts[s]} {s}" for s in STATUSES if counts.get(s)]
+    return "Layers with weights: " + (", ".join(parts) or "none") + "."
+
+
+def build_html(report: Report, options: RenderOptions = RenderOptions()) -> str:
+    """The HTML report of ``report``: one self-contained page.
+
+    Runs Graphviz (through :func:`gradviz.render.render`) for the diagram; without
+    it the page carries a note instead.
+
+    Args:
+        report: the analysis.
+        options: how to draw the diagram; ``options.command`` is shown when given.
+    """
+    meta = report.meta
+    source = meta.get("source") or report.model_name
+    mode = "training" if meta.get("training", True) else "inference"
+    details = (f"{len(report.losses)} loss(es) · batch {meta.get('batch_size')} × {meta.get('batches')} · "
+               f"{meta.get('data', 'synthetic')} data · {mode} mode · Keras {meta.get('keras_version', '?')}")
+    body = [
+        f"<h1>gradviz: {_e(source)}</h1>",
+        f'<p class="meta">{_e(details)}</p>',
+    ]
+    if options.command:
+        body.append(f'<pre class="command"><code>{_e(options.command)}</code></pre>')
+    body += ["<h2>Gradient flow</h2>", _diagram(report, options), "<h2>Losses</h2>", _losses(report)]
+    body.append(f"<h2>Findings ({len(report.findings)})</h2>")
+    if report.findings:
+        body += [_finding(f) for f in report.findings]
+    else:
+        body.append("<p>No findings: every loss reaches its layers with a nonzero gradient.</p>")
+    body += [
+        "<h2>Layers</h2>",
+        f"<p>{_e(_counts(report))} Gradient L2 norm of each unweighted loss; combined = what training applies; "
+        "'-' = no gradient exists. Click a column to sort.</p>",
+        _layers(report),
+    ]
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>gradviz: {_e(source)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + f"\n<script>{SORT_JS}</script>\n</body>\n</html>\n"
+    )

@@ -1,0 +1,607 @@
+"""Gradient-flow diagrams: DOT source from an analysed report, and the one function that runs ``dot``.
+
+:func:`build_dot` is pure: the same report and options give byte-identical
+DOT (node ids are layer names, nodes follow the report's topological order,
+numbers have fixed precision). :func:`render` is the only place that starts
+Graphviz's ``dot`` program; a missing binary becomes
+:class:`~gradviz.errors.GraphvizMissingError` there.
+
+What the drawing means (also in the README):
+
+* Each loss has a colour (:func:`gradviz.analysis.loss_colors`); fills use a
+  lighter tint of it so the black labels stay readable.
+* A layer reached by one loss is filled with its tint; a layer reached by
+  several is striped, each stripe as wide as that loss's weighted gradient
+  norm ``|w_k| * grad_norm[k]`` (shares can be negative and cannot be widths),
+  with at least :data:`MIN_STRIPE` so that every reaching loss stays visible.
+* Unreached layers are grey and dashed; dead layers and dead heads have a red
+  double border; an operation that blocks a loss's gradient is a red octagon
+  and the edges into it are dashed.
+* Edge width grows with the log of the combined gradient norm of the nearest
+  layer with weights at or upstream of the edge's source (only weight
+  gradients are measured, not activation gradients). No gradient passes a
+  blocking operation, so the edges into and out of one are thin.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from gradviz.analysis import LayerInfo, Report, group_info, loss_node
+from gradviz.errors import GraphvizMissingError, OutputError
+from gradviz.report import fmt
+
+RANKDIRS = ("TB", "LR")
+#: the formats :func:`render` produces with Graphviz
+GRAPHVIZ_FORMATS = ("pdf", "png", "svg")
+#: the narrowest stripe, as a fraction of the box, so a small share stays visible
+MIN_STRIPE = 0.04
+#: edge widths span this many decades of gradient norm below the largest one
+DECADES = 3.0
+MIN_PENWIDTH = 0.8
+MAX_PENWIDTH = 5.0
+WARNING_COLOR = "#C00000"
+UNREACHED_FILL = "#EEEEEE"
+UNREACHED_LINE = "#888888"
+EDGE_COLOR = "#555555"
+FONT = "Helvetica"
+INSTALL_HINT = (
+    "Graphviz's dot program is not installed (it renders .svg, .png and .pdf): install Graphviz "
+    "(Debian/Ubuntu: sudo apt-get install graphviz; macOS: brew install graphviz; conda: conda install graphviz), "
+    "or write the diagram's source with -o FILE.dot"
+)
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How to draw a report (shared by the diagram and HTML writers).
+
+    Attributes:
+        show_shapes: add each node's output shape to its label.
+        show_norms: add the per-loss and combined gradient norms to labels.
+        rankdir: ``TB`` (top to bottom) or ``LR`` (left to right).
+        expand_nested: draw nested models as clusters of their layers; False
+            draws each as one node with the figures of all its layers.
+        compact: merge chains of consecutive layers with the same reach and
+            status into one box with a count.
+        command: the command line that produced the report (shown in HTML).
+
+    Example:
+        >>> RenderOptions(rankdir="LR").rankdir
+        'LR'
+    """
+
+    show_shapes: bool = False
+    show_norms: bool = False
+    rankdir: str = "TB"
+    expand_nested: bool = True
+    compact: bool = False
+    command: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.rankdir not in RANKDIRS:
+            raise OutputError(f"unknown rankdir {self.rankdir!r}; valid: {', '.join(RANKDIRS)}")
+
+
+# -- small pure helpers ---------------------------------------------------------
+
+
+def quote(text: str) -> str:
+    """A DOT double-quoted string.
+
+    Example:
+        >>> quote('enc/dense "1"')
+        '"enc/dense \\\\"1\\\\""'
+    """
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def tint(color: str, strength: float = 0.55) -> str:
+    """``color`` mixed with white: ``strength`` 1 keeps it, 0 gives white.
+
+    Example:
+        >>> tint("#0072B2")
+        '#73B1D5'
+    """
+    rgb = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{round(255 + (c - 255) * strength):02X}" for c in rgb)
+
+
+def stripe_fractions(magnitudes: Sequence[float], minimum: float = MIN_STRIPE) -> list[float]:
+    """Stripe widths (summing to 1) proportional to ``magnitudes``, each at least ``minimum``.
+
+    Non-finite or all-zero magnitudes give equal stripes.
+
+    Example:
+        >>> stripe_fractions([1.0, 3.0])
+        [0.25, 0.75]
+        >>> stripe_fractions([1.0, 0.0])
+        [0.96, 0.04]
+    """
+    n = len(magnitudes)
+    if n == 0:
+        return []
+    if not all(math.isfinite(m) and m >= 0 for m in magnitudes) or sum(magnitudes) <= 0:
+        return [1.0 / n] * n
+    total = sum(magnitudes)
+    fractions = [m / total for m in magnitudes]
+    small = [f < minimum for f in fractions]
+    if any(small) and minimum * n < 1:
+        rest = 1.0 - minimum * sum(small)
+        big_total = sum(f for f, s in zip(fractions, small) if not s)
+        fractions = [minimum if s else f * rest / big_total for f, s in zip(fractions, small)]
+    return [round(f, 3) for f in fractions]
+
+
+def penwidth(norm: float | None, largest: float) -> float:
+    """Edge width for a gradient norm: log scale over :data:`DECADES` decades below ``largest``.
+
+    Example:
+        >>> penwidth(1.0, 1.0), penwidth(0.001, 1.0), penwidth(None, 1.0)
+        (5.0, 1.0, 0.8)
+    """
+    if norm is None or not math.isfinite(norm) or norm <= 0 or not largest > 0 or not math.isfinite(largest):
+        return MIN_PENWIDTH
+    position = min(1.0, max(0.0, (math.log10(norm / largest) + DECADES) / DECADES))
+    return round(1.0 + (MAX_PENWIDTH - 1.0) * position, 2)
+
+
+# -- what to draw -----------------------------------------------------------------
+
+
+@dataclass
+class _Box:
+    """One drawn node: a layer, an operation, an input, a collapsed model or a run of layers."""
+
+    id: str
+    kind: str  # input, layer, op, model, run, loss
+    class_name: str
+    parent: str
+    info: LayerInfo | None
+    members: list[str] = field(default_factory=list)
+    blocks_for: list[str] = field(default_factory=list)
+    output_shape: str = ""
+
+
+@dataclass
+class _View:
+    boxes: dict[str, _Box]
+    edges: list[tuple[str, str]]
+    blocked: dict[tuple[str, str], list[str]]
+
+
+def _view(report: Report, options: RenderOptions) -> _View:
+    """The boxes and edges to draw: nested models collapsed and runs compacted as asked."""
+    graph = report.graph
+    boxes: dict[str, _Box] = {}
+    rep: dict[str, str] = {}
+    for info in report.layers:
+        node = graph.nodes[info.name]
+        parent = info.parent
+        if parent and not options.expand_nested:
+            top = parent.split("/")[0]
+            rep[info.name] = top
+            box = boxes.get(top)
+            if box is None:
+                box = boxes[top] = _Box(top, "model", "model", "", None)
+            box.members.append(info.name)
+            box.blocks_for.extend(node.get("blocks_for", []))
+            continue
+        rep[info.name] = info.name
+        boxes[info.name] = _Box(
+            info.name, info.kind, info.class_name, parent, info, [info.name],
+            list(node.get("blocks_for", [])), info.output_shape,
+        )
+    for box in boxes.values():
+        if box.kind == "model" and box.info is None:
+            box.info = _group(report, box.id, box.members)
+            box.class_name = "nested model"
+            box.output_shape = graph.nodes[box.members[-1]].get("output_shape", "")
+    for loss in report.losses:
+        node_id = loss_node(loss.name, graph)
+        if loss.output is not None and node_id in graph:
+            rep[node_id] = node_id
+            boxes[node_id] = _Box(node_id, "loss", "loss", "", None, [loss.name])
+    edges: list[tuple[str, str]] = []
+    blocked: dict[tuple[str, str], list[str]] = {}
+    for source, target in report.edges:
+        edge = (rep[source], rep[target])
+        if edge[0] == edge[1]:
+            continue
+        if edge not in blocked:
+            edges.append(edge)
+            blocked[edge] = []
+        for loss in graph.edges[source, target].get("blocked_for", []):
+            if loss not in blocked[edge]:
+                blocked[edge].append(loss)
+    view = _View(boxes, edges, blocked)
+    return _compacted(report, view) if options.compact else view
+
+
+def _group(report: Report, name: str, members: list[str]) -> LayerInfo | None:
+    weighted = [m for m in members if report.graph.nodes[m].get("trainable_params", 0) > 0]
+    if not weighted or report.stats is None:
+        return None
+    return group_info(report, name, weighted)
+
+
+def _merge_key(box: _Box) -> tuple[tuple[str, ...], str] | None:
+    """What must agree along a compacted run; None (a weightless layer or op) agrees with anything."""
+    if box.info is None or box.info.trainable_params == 0:
+        return None
+    return (box.info.reached_by, box.info.status)
+
+
+def _mergeable(box: _Box) -> bool:
+    return box.kind in ("layer", "op") and not box.blocks_for
+
+
+def _compacted(report: Report, view: _View) -> _View:
+    """Merge chains (single successor / single predecessor) of layers whose reach and status agree."""
+    succ: dict[str, list[str]] = {b: [] for b in view.boxes}
+    pred: dict[str, list[str]] = {b: [] for b in view.boxes}
+    for s, t in view.edges:
+        succ[s].append(t)
+        pred[t].append(s)
+    runs: list[list[str]] = []
+    run_of: dict[str, int] = {}
+    for box_id, box in view.boxes.items():  # topological order: a run's first box comes first
+        if box_id in run_of or not _mergeable(box):
+            continue
+        run = [box_id]
+        key = _merge_key(box)
+        current = box_id
+        while len(succ[current]) == 1:
+            nxt = succ[current][0]
+            nbox = view.boxes[nxt]
+            if len(pred[nxt]) != 1 or not _mergeable(nbox) or nbox.parent != box.parent or nxt in run_of:
+                break
+            nkey = _merge_key(nbox)
+            if key is not None and nkey is not None and nkey != key:
+                break
+            key = key if key is not None else nkey
+            run.append(nxt)
+            current = nxt
+        for member in run:
+            run_of[member] = len(runs)
+        runs.append(run)
+    boxes: dict[str, _Box] = {}
+    rep: dict[str, str] = {}
+    for box_id, box in view.boxes.items():
+        if box_id not in run_of or len(runs[run_of[box_id]]) == 1:
+            boxes[box_id] = box
+            rep[box_id] = box_id
+            continue
+        run = runs[run_of[box_id]]
+        run_id = f"{run[0]} .. {run[-1]}"
+        rep[box_id] = run_id
+        if run_id in boxes:
+            continue
+        members = [m for r in run for m in view.boxes[r].members]
+        classes = Counter(view.boxes[r].class_name for r in run)
+        boxes[run_id] = _Box(
+            run_id, "run", ", ".join(f"{n} {c}" for c, n in sorted(classes.items(), key=lambda kv: (-kv[1], kv[0]))),
+            box.parent, _group(report, run_id, members), members, [], view.boxes[run[-1]].output_shape,
+        )
+    edges: list[tuple[str, str]] = []
+    blocked: dict[tuple[str, str], list[str]] = {}
+    for s, t in view.edges:
+        edge = (rep[s], rep[t])
+        if edge[0] == edge[1]:
+            continue
+        if edge not in blocked:
+            edges.append(edge)
+            blocked[edge] = []
+        blocked[edge].extend(x for x in view.blocked[(s, t)] if x not in blocked[edge])
+    return _View(boxes, edges, blocked)
+
+
+def _flows(view: _View) -> dict[str, float | None]:
+    """Per box, the combined gradient norm of the nearest box with weights at or upstream of it.
+
+    No gradient passes an operation that blocks it: the walk stops there (None).
+    """
+    pred: dict[str, list[str]] = {b: [] for b in view.boxes}
+    for s, t in view.edges:
+        pred[t].append(s)
+    flows: dict[str, float | None] = {}
+    for box_id, box in view.boxes.items():  # topological order
+        own = box.info.combined_grad_norm if box.info is not None else None
+        if box.blocks_for and box.kind != "model":
+            flows[box_id] = None
+            continue
+        if own is not None and box.info is not None and box.info.trainable_params > 0:
+            flows[box_id] = own
+            continue
+        upstream = [f for p in pred[box_id] if (f := flows.get(p)) is not None and math.isfinite(f)]
+        flows[box_id] = max(upstream) if upstream else None
+    return flows
+
+
+# -- DOT text -----------------------------------------------------------------------
+
+
+def _h(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _attrs(attrs: dict[str, str | float | int]) -> str:
+    parts = []
+    for key, value in attrs.items():
+        if isinstance(value, str) and value.startswith("<") and value.endswith(">"):
+            parts.append(f"{key}={value}")
+        elif isinstance(value, float):
+            parts.append(f"{key}={value:g}")
+        elif isinstance(value, int):
+            parts.append(f"{key}={value}")
+        else:
+            parts.append(f"{key}={quote(value)}")
+    return "[" + ", ".join(parts) + "]"
+
+
+def _loss_label_text(report: Report, name: str) -> str:
+    loss = next(l for l in report.losses if l.name == name)
+    return f"{loss.output or loss.name} · {loss.loss} · w={loss.weight:g} · {fmt(loss.value)}"
+
+
+def _norm_line(report: Report, info: LayerInfo) -> str:
+    parts = []
+    for loss in report.losses:
+        norm = info.grad_norm.get(loss.name)
+        if norm is None:
+            continue
+        parts.append(f'<FONT COLOR="{loss.color}">■</FONT> {_h(loss.name)} {_h(fmt(norm))}')
+    parts.append(f"Σ {_h(fmt(info.combined_grad_norm))}")
+    return "  ".join(parts)
+
+
+def _tooltip(report: Report, box: _Box) -> str:
+    info = box.info
+    head = f"{box.id} ({box.class_name})"
+    if box.kind in ("model", "run"):
+        head += f", {len(box.members)} layers"
+    if info is None:
+        return head + ("; blocks the gradient of " + ", ".join(box.blocks_for) if box.blocks_for else "")
+    norms = ", ".join(f"{k} {fmt(v)}" for k, v in info.grad_norm.items())
+    share = ", ".join(f"{k} {v:.0%}" for k, v in info.share.items() if math.isfinite(v))
+    text = f"{head}; {info.status}; {info.trainable_params:,} params"
+    if norms:
+        text += f"; grad norm {norms}; combined {fmt(info.combined_grad_norm)}"
+    if share:
+        text += f"; share {share}"
+    return text
+
+
+def _short(box: _Box, name: str) -> str:
+    """``name`` without its nested model's prefix: inside a cluster, the cluster names the model."""
+    return name[len(box.parent) + 1:] if box.parent and name.startswith(box.parent + "/") else name
+
+
+def _node(report: Report, box: _Box, options: RenderOptions, colors: dict[str, str], dead_heads: set[str]) -> str:
+    info = box.info
+    attrs: dict[str, str | float | int] = {}
+    small = box.kind == "op"
+    if box.kind == "loss":
+        loss = next(l for l in report.losses if l.name == box.members[0])
+        lines = [f"<B>{_h(_loss_label_text(report, loss.name))}</B>"]
+        attrs.update(shape="box", style="rounded,filled", fillcolor=tint(loss.color), color=loss.color, penwidth=2.0)
+        if loss.name in dead_heads:
+            lines.append(f'<FONT COLOR="{WARNING_COLOR}">⚠ dead head: trains nothing</FONT>')
+            attrs.update(color=WARNING_COLOR, peripheries=2)
+        attrs["label"] = "<" + "<BR/>".join(lines) + ">"
+        attrs["tooltip"] = f"loss {loss.name}: {loss.loss}, weight {loss.weight:g}, value {fmt(loss.value)}"
+        return f"  {quote(box.id)} {_attrs(attrs)};"
+    if box.kind == "op":
+        lines = [_h(box.class_name)]
+    elif box.kind == "run":
+        lines = [f"<B>{_h(_short(box, box.members[0]))} … {_h(_short(box, box.members[-1]))}</B>",
+                 f'<FONT POINT-SIZE="9">×{len(box.members)}: {_h(box.class_name)}</FONT>']
+    else:
+        detail = box.class_name
+        if box.kind == "model":
+            detail = f"nested model · {len(box.members)} layers"
+        if info is not None and info.trainable_params:
+            detail += f" · {info.trainable_params:,} params"
+        lines = [f"<B>{_h(_short(box, box.id))}</B>", f'<FONT POINT-SIZE="9">{_h(detail)}</FONT>']
+    if box.blocks_for:
+        lines.append(f'<FONT COLOR="{WARNING_COLOR}">blocks {_h(", ".join(box.blocks_for))}</FONT>')
+    if options.show_shapes and box.output_shape:
+        lines.append(f'<FONT POINT-SIZE="9">{_h(box.output_shape)}</FONT>')
+    status = info.status if info is not None else "no-trainable-weights"
+    if options.show_norms and info is not None and info.combined_grad_norm is not None:
+        lines.append(f'<FONT POINT-SIZE="9">{_norm_line(report, info)}</FONT>')
+    if status in ("unreached", "dead"):
+        lines.append(f'<FONT POINT-SIZE="9" COLOR="{WARNING_COLOR if status == "dead" else "#555555"}">'
+                     f'{"⚠ dead: zero gradient" if status == "dead" else "unreached"}</FONT>')
+
+    attrs["shape"] = "box"
+    if box.kind == "input":
+        attrs.update(style="rounded,filled", fillcolor="#F2F2F2", color="#666666")
+    elif box.blocks_for and box.kind not in ("model", "run"):
+        attrs.update(shape="octagon", style="filled", fillcolor="#FFFFFF", color=WARNING_COLOR, penwidth=2.0,
+                     fontsize=9)
+    elif status in ("shared", "exclusive") and info is not None:
+        reached = list(info.reached_by)
+        if len(reached) == 1:
+            attrs.update(style="filled", fillcolor=tint(colors[reached[0]]))
+        else:
+            weights = {l.name: l.weight for l in report.losses}
+            fractions = stripe_fractions([abs(weights[k]) * (info.grad_norm.get(k) or 0.0) for k in reached])
+            stripes = [f"{tint(colors[k])};{f:.3f}" for k, f in zip(reached[:-1], fractions[:-1])]
+            attrs.update(style="striped", fillcolor=":".join(stripes + [tint(colors[reached[-1]])]))
+    elif status == "unreached":
+        attrs.update(style="dashed,filled", fillcolor=UNREACHED_FILL, color=UNREACHED_LINE, fontcolor="#555555")
+    elif status == "dead":
+        attrs.update(style="filled", fillcolor="#FFFFFF", color=WARNING_COLOR, penwidth=1.5, peripheries=2)
+    elif small:
+        attrs.update(style="rounded", color="#777777")
+    else:
+        attrs.update(style="filled", fillcolor="#FFFFFF", color="#777777")
+    if box.kind in ("model", "run") and "peripheries" not in attrs:
+        attrs["peripheries"] = 2
+    if small:
+        attrs.update(fontsize=9, height=0.2, margin="0.06,0.02")
+    attrs["label"] = "<" + "<BR/>".join(lines) + ">"
+    attrs["tooltip"] = _tooltip(report, box)
+    return f"  {quote(box.id)} {_attrs(attrs)};"
+
+
+def _legend(report: Report, options: RenderOptions, shown: set[str]) -> str:
+    rows = [f'<TD COLSPAN="2" ALIGN="LEFT"><B>{_h(report.model_name)}</B>: gradient flow of '
+            f'{sum(1 for l in report.losses if l.output is not None)} loss(es)</TD>']
+    for loss in report.losses:
+        if loss.output is None:
+            what = f"{loss.name} · {loss.loss} · w={loss.weight:g} · {fmt(loss.value)} (not drawn as a fill)"
+        else:
+            what = _loss_label_text(report, loss.name)
+        rows.append(f'<TD FIXEDSIZE="TRUE" WIDTH="22" HEIGHT="12" BGCOLOR="{tint(loss.color)}" BORDER="1" '
+                    f'COLOR="{loss.color}"></TD><TD ALIGN="LEFT">{_h(what)}</TD>')
+    notes = ["fill: the losses whose gradient reaches the layer; stripes ∝ |weight| × gradient norm"]
+    if "unreached" in shown:
+        notes.append("grey, dashed: no loss reaches the layer's weights")
+    if "dead" in shown:
+        notes.append("red double border: gradient exists but is exactly zero (dead)")
+    if "blocked" in shown:
+        notes.append("red octagon, dashed edge: the operation blocks that loss's gradient")
+    if "group" in shown:
+        notes.append("double border: several layers drawn as one box")
+    notes.append("edge width: log of the combined gradient norm of the nearest layer with weights upstream")
+    # notes sit in the text column: a cell spanning both would widen the swatch column
+    rows.extend(f'<TD></TD><TD ALIGN="LEFT"><FONT POINT-SIZE="9">{_h(note)}</FONT></TD>' for note in notes)
+    cells = "".join(f"<TR>{row}</TR>" for row in rows)
+    return '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="1" CELLPADDING="1">' + cells + "</TABLE>>"
+
+
+def _clusters(boxes: Iterable[_Box]) -> dict[str, list[_Box]]:
+    by_parent: dict[str, list[_Box]] = {}
+    for box in boxes:
+        by_parent.setdefault(box.parent, []).append(box)
+    return by_parent
+
+
+def build_dot(report: Report, options: RenderOptions = RenderOptions()) -> str:
+    """The annotated gradient-flow diagram of ``report`` as DOT source.
+
+    Pure and deterministic: no Graphviz program is run.
+
+    Args:
+        report: the analysis (from :func:`gradviz.analyze`).
+        options: what to draw and how.
+
+    Returns:
+        DOT source text, ending in a newline.
+    """
+    view = _view(report, options)
+    colors = {l.name: l.color for l in report.losses}
+    dead_heads = {name for f in report.findings_of("dead-head") for name in f.losses}
+    statuses = {b.info.status for b in view.boxes.values() if b.info is not None}
+    shown = set(statuses)
+    if any(view.blocked.values()):
+        shown.add("blocked")
+    if any(b.kind in ("model", "run") for b in view.boxes.values()):
+        shown.add("group")
+    if dead_heads:
+        shown.add("dead")
+
+    lines = [f"digraph {quote(report.model_name)} {{"]
+    lines.append("  " + _attrs({
+        "rankdir": options.rankdir, "fontname": FONT, "fontsize": 11, "nodesep": 0.3, "ranksep": 0.35,
+        "labelloc": "t", "labeljust": "l", "bgcolor": "white", "pad": 0.2,
+        "label": _legend(report, options, shown),
+    }).join(["graph ", ";"]))
+    lines.append("  " + _attrs({"fontname": FONT, "fontsize": 11, "shape": "box", "height": 0.3,
+                                "margin": "0.1,0.04", "penwidth": 1.0}).join(["node ", ";"]))
+    lines.append("  " + _attrs({"fontname": FONT, "fontsize": 9, "arrowsize": 0.6, "color": EDGE_COLOR})
+                 .join(["edge ", ";"]))
+
+    by_parent = _clusters(b for b in view.boxes.values() if b.kind != "loss")
+    # every enclosing model is a cluster, even one whose only content is another nested model
+    parents = sorted({"/".join(p.split("/")[:i + 1]) for p in by_parent if p for i in range(p.count("/") + 1)})
+
+    def emit(parent: str, indent: str) -> None:
+        for box in by_parent.get(parent, []):
+            lines.append(indent[2:] + _node(report, box, options, colors, dead_heads))
+        children = [p for p in parents if p.rsplit("/", 1)[0] == parent and p != parent] if parent else \
+            [p for p in parents if "/" not in p]
+        for child in children:
+            lines.append(f"{indent}subgraph {quote('cluster_' + child)} {{")
+            lines.append(f"{indent}  " + _attrs({
+                "label": f"<<B>{_h(child.rsplit('/', 1)[-1])}</B> <FONT POINT-SIZE=\"9\">nested model</FONT>>",
+                "style": "rounded,dashed", "color": "#888888", "labeljust": "l",
+            }).join(["graph ", ";"]))
+            emit(child, indent + "  ")
+            lines.append(f"{indent}}}")
+
+    emit("", "  ")
+    losses = [b for b in view.boxes.values() if b.kind == "loss"]
+    if losses:
+        lines.append("  subgraph losses {")
+        lines.append("    graph [rank=sink];")
+        for box in losses:
+            lines.append("  " + _node(report, box, options, colors, dead_heads))
+        lines.append("  }")
+
+    flows = _flows(view)
+    finite = [f for f in flows.values() if f is not None and math.isfinite(f)]
+    largest = max(finite) if finite else 0.0
+    for source, target in view.edges:
+        attrs: dict[str, str | float | int] = {"penwidth": penwidth(flows.get(source), largest)}
+        target_box = view.boxes[target]
+        if target_box.kind == "loss":
+            attrs["color"] = colors[target_box.members[0]]
+        blocked = view.blocked.get((source, target), [])
+        if blocked:
+            attrs.update(penwidth=1.2, style="dashed", color=WARNING_COLOR, fontcolor=WARNING_COLOR,
+                         label=f"blocked: {', '.join(blocked)}")
+        lines.append(f"  {quote(source)} -> {quote(target)} {_attrs(attrs)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+# -- the one place dot runs ---------------------------------------------------------------
+
+
+def dot_available() -> bool:
+    """Whether Graphviz's ``dot`` is on the PATH (a check; nothing is run)."""
+    import shutil
+
+    return shutil.which("dot") is not None
+
+
+def require_dot() -> None:
+    """Fail early, before a slow analysis, when ``dot`` is not on the PATH.
+
+    Raises:
+        GraphvizMissingError: Graphviz is not installed.
+    """
+    if not dot_available():
+        raise GraphvizMissingError(INSTALL_HINT)
+
+
+def render(dot_source: str, fmt: str) -> bytes:
+    """Run Graphviz's ``dot`` on ``dot_source``: the only function that starts it.
+
+    Args:
+        dot_source: DOT text (from :func:`build_dot`).
+        fmt: ``svg``, ``png`` or ``pdf``.
+
+    Raises:
+        GraphvizMissingError: ``dot`` is not installed.
+        OutputError: ``dot`` failed on the source.
+    """
+    import graphviz
+
+    if fmt not in GRAPHVIZ_FORMATS:
+        raise OutputError(f"cannot render {fmt!r} with Graphviz; valid: {', '.join(GRAPHVIZ_FORMATS)}")
+    try:
+        return graphviz.pipe("dot", fmt, dot_source.encode("utf-8"), quiet=True)
+    except graphviz.ExecutableNotFound as e:
+        raise GraphvizMissingError(INSTALL_HINT) from e
+    except graphviz.CalledProcessError as e:
+        stderr = e.stderr.decode("utf-8", "replace") if isinstance(e.stderr, bytes) else str(e.stderr or "")
+        last = (stderr.strip().splitlines() or [str(e)])[-1]
+        raise OutputError(f"Graphviz's dot failed: {last}") from e
