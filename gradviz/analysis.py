@@ -28,6 +28,7 @@ import networkx as nx
 import numpy as np
 
 from gradviz.gradients import GradientStats
+from gradviz.palette import loss_colors
 from gradviz.spec import LossSpec
 from gradviz.topology import Topology
 
@@ -36,11 +37,6 @@ STATUSES = ("shared", "exclusive", "dead", "unreached", "no-trainable-weights")
 LOSS_NODE_PREFIX = "loss:"
 #: a trunk cosine below minus this is a clear conflict (a warning); between it and 0, info
 CLEAR_CONFLICT = 0.1
-#: Loss colours, in loss order: the Okabe-Ito palette (distinguishable with the common colour-vision
-#: deficiencies), black left out since it is the colour of text and edges. Cycles after 7 losses.
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
-#: the colour of the regularization term: a neutral grey, it is no output's loss
-REGULARIZATION_COLOR = "#999999"
 
 
 @dataclass(frozen=True)
@@ -67,26 +63,6 @@ class LossInfo:
     value: float
     output: str | None
     color: str = ""
-
-
-def loss_colors(losses: Sequence[tuple[str, str | None]]) -> dict[str, str]:
-    """The colour of each loss, given ``(name, output)`` pairs in loss order.
-
-    Output losses take :data:`PALETTE` colours in order; a loss without an
-    output (``regularization``) is grey. This is the one place colours are
-    assigned, so the diagram, its legend, the HTML and the JSON agree.
-
-    Example:
-        >>> loss_colors([("C", "C"), ("D", "D"), ("regularization", None)])
-        {'C': '#0072B2', 'D': '#E69F00', 'regularization': '#999999'}
-    """
-    colors: dict[str, str] = {}
-    for name, output in losses:
-        if output is None:
-            colors[name] = REGULARIZATION_COLOR
-        else:
-            colors[name] = PALETTE[sum(1 for c in colors.values() if c != REGULARIZATION_COLOR) % len(PALETTE)]
-    return colors
 
 
 @dataclass(frozen=True)
@@ -344,7 +320,7 @@ def analyze_stats(
         if shared_vars
         else None
     )
-    colors = loss_colors([(n, term_by_name[n].output) for n in names])
+    colors = loss_colors(names)
     losses = [
         LossInfo(n, term_by_name[n].loss, term_by_name[n].weight, float(stats.loss_values[k]), term_by_name[n].output,
                  colors[n])

@@ -210,15 +210,9 @@ def inspect(model: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None
     """
     from gradviz import output
     from gradviz.analysis import severity_at_least
-    from gradviz.render import dot_available, require_dot
-
     options = make_render_options(kwargs)
-    for path in outputs:  # fail before the (slow) analysis
-        if output.format_of(path, fmt) in output.NEEDS_GRAPHVIZ:
-            require_dot()
-        output.check_target(path)
-    if any(output.format_of(path, fmt) == "html" for path in outputs) and not dot_available():
-        click.echo("note: Graphviz's dot is not installed: the HTML report is written without its diagram", err=True)
+    formats = [output.prepare(path, fmt) for path in outputs]  # fail before the (slow) analysis
+    _note_html_without_dot(formats)
     report = run_analysis(model, **kwargs)
     for path in outputs:
         written = output.write(report, path, fmt, options)
@@ -252,8 +246,10 @@ def inspect(model: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None
               help="The shared layer --suggest balances on ('trunk': all shared layers). Default: the last one.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON document on stdout.")
 @click.option("-o", "--output", "outputs", multiple=True, type=click.Path(), metavar="FILE",
-              help="Write .json (the scenarios), .png/.svg (the --sweep plot), or another report format "
-                   "for the single --try scenario. Repeatable.")
+              help="Write .json (the scenarios), .png/.svg (the --sweep plot), or a diagram/report "
+                   "(.svg/.png/.pdf/.dot/.html/.graphml) of the single --try scenario, or of the current "
+                   "weights without --try. Repeatable.")
+@render_options
 @handle_errors
 def weights_command(model: str, tries: tuple[str, ...], sweeps: tuple[str, ...], suggest: bool,
                     reference: str | None, as_json: bool, outputs: tuple[str, ...], **kwargs: Any) -> None:
@@ -270,6 +266,7 @@ def weights_command(model: str, tries: tuple[str, ...], sweeps: tuple[str, ...],
       gradviz weights samples/shared_trunk.keras --suggest
       gradviz weights model.keras --try C=1,D=0.2 --try D=1 --json
       gradviz weights model.keras --sweep D=log:1e-3:10:9 -o shares.png
+      gradviz weights model.keras --try D=0.1 -o flow.svg --show-norms
     """
     from gradviz import weighting, weighting_report
 
@@ -277,17 +274,26 @@ def weights_command(model: str, tries: tuple[str, ...], sweeps: tuple[str, ...],
     parsed_sweeps = [weighting.parse_sweep(text) for text in sweeps]
     if reference is not None and not suggest:
         raise click.UsageError("--reference only applies with --suggest")
+    options = make_render_options(kwargs)
     kinds = [weighting_report.output_kind(path, sweeps=len(sweeps), tries=len(tries)) for path in outputs]
+    _note_html_without_dot(kinds)
     report = run_analysis(model, **kwargs)
     what_if = weighting.explore(report, tries=parsed_tries, sweeps=parsed_sweeps,
                                 suggest_weights=suggest, reference=reference)
     for path, kind in zip(outputs, kinds):
-        click.echo(f"wrote {weighting_report.write(what_if, path, kind)}", err=True)
+        click.echo(f"wrote {weighting_report.write(what_if, path, kind, options)}", err=True)
     if as_json:
         click.echo(what_if.to_json())
     else:
         width = max(80, min(160, _terminal_width()))
         click.echo(weighting_report.summary(what_if, width=width, color=sys.stdout.isatty()), nl=False)
+
+
+def _note_html_without_dot(formats: list[str]) -> None:
+    from gradviz.render import dot_available
+
+    if "html" in formats and not dot_available():
+        click.echo("note: Graphviz's dot is not installed: the HTML report is written without its diagram", err=True)
 
 
 def _terminal_width() -> int:

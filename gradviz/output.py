@@ -104,6 +104,25 @@ def check_target(path: str | Path) -> Path:
     return target
 
 
+def prepare(path: str | Path, fmt: str | None = None) -> str:
+    """Every check a target gets before the (slow) analysis: format, Graphviz, writability.
+
+    Returns:
+        The format the file will be written in.
+
+    Raises:
+        OutputError: unknown format or an unwritable path.
+        GraphvizMissingError: the format needs ``dot`` and it is not installed.
+    """
+    from gradviz.render import require_dot
+
+    name = format_of(path, fmt)
+    if name in NEEDS_GRAPHVIZ:
+        require_dot()
+    check_target(path)
+    return name
+
+
 def write_bytes(path: str | Path, content: bytes) -> Path:
     """Write ``content`` to ``path`` atomically.
 

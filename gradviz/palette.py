@@ -4,7 +4,8 @@ The colours are Okabe and Ito's colorblind-safe palette ("Color Universal
 Design", 2008), ordered so that the first losses get the most distinct,
 best-contrasting colours on white (yellow comes last). ``regularization`` is
 always grey, so adding a regularizer does not shift the other losses'
-colours. Diagrams, legends and plots should all call :func:`loss_colors`.
+colours. The analysis calls :func:`loss_colors` once and stores each colour in
+``LossInfo.color``; diagrams, legends, plots and the JSON read it from there.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Graphviz's ``dot`` program; a missing binary becomes
 
 What the drawing means (also in the README):
 
-* Each loss has a colour (:func:`gradviz.analysis.loss_colors`); fills use a
+* Each loss has a colour (:func:`gradviz.palette.loss_colors`, assigned once in the analysis); fills use a
   lighter tint of it so the black labels stay readable.
 * A layer reached by one loss is filled with its tint; a layer reached by
   several is striped, each stripe as wide as that loss's weighted gradient

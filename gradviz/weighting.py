@@ -32,7 +32,6 @@ import numpy as np
 
 from gradviz.analysis import Finding, LayerInfo, Report, analyze_stats
 from gradviz.errors import LossSpecError
-from gradviz.palette import loss_colors
 from gradviz.spec import parse_assignment, parse_weight
 
 #: findings whose presence depends on the weights (conflict does not: cosines are of unweighted gradients)
@@ -515,10 +514,8 @@ class WhatIf:
 
     @property
     def colors(self) -> dict[str, str]:
-        """Each loss's colour: the report's own (``LossInfo.color``, when the analysis assigns one,
-        as the diagram legend does), else :func:`gradviz.palette.loss_colors`."""
-        fallback = loss_colors(self.loss_names)
-        return {l.name: str(getattr(l, "color", "") or fallback[l.name]) for l in self.base.losses}
+        """Each loss's colour, as the analysis assigned it (the diagram legend's)."""
+        return {l.name: l.color for l in self.base.losses}
 
     @property
     def shared_layers(self) -> list[str]:

@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradviz import output
+from gradviz.render import RenderOptions
 from gradviz.errors import OutputError
 from gradviz.report import SEVERITY_STYLE, fmt
 from gradviz.weighting import CURRENT, TRUNK, Scenario, WhatIf
@@ -31,7 +32,7 @@ JSON = "json"
 
 
 def output_kind(path: str | Path, *, sweeps: int, tries: int) -> str:
-    """What ``-o path`` writes: ``json``, ``plot``, or ``report`` (a format of ``gradviz.output``).
+    """What ``-o path`` writes: ``json`` (the scenarios), ``plot``, or a report format of ``gradviz.output``.
 
     Checked before the analysis, so a bad name fails fast.
 
@@ -43,23 +44,19 @@ def output_kind(path: str | Path, *, sweeps: int, tries: int) -> str:
         OutputError: the format is unknown, or a scenario report is asked for
             with several ``--try`` (which one?), or the file cannot be written.
     """
-    output.check_target(path)
     suffix = Path(path).suffix.lstrip(".").lower()
     if suffix == JSON:
+        output.check_target(path)
         return JSON
     if suffix in PLOT_FORMATS and sweeps:
+        output.check_target(path)
         return "plot"
-    try:
-        output.format_of(path)
-    except OutputError as e:
-        hint = " (.png/.svg draw the --sweep plot; give --sweep)" if suffix in PLOT_FORMATS else ""
-        raise OutputError(f"{e}{hint}") from None
     if tries > 1:
         raise OutputError(f"-o {path} writes one scenario's report; give a single --try (got {tries})")
-    return "report"
+    return output.prepare(path)
 
 
-def write(what_if: WhatIf, path: str | Path, kind: str) -> Path:
+def write(what_if: WhatIf, path: str | Path, kind: str, options: RenderOptions | None = None) -> Path:
     """Write ``path`` as :func:`output_kind` decided.
 
     Raises:
@@ -70,7 +67,7 @@ def write(what_if: WhatIf, path: str | Path, kind: str) -> Path:
     if kind == "plot":
         return output.write_bytes(path, plot(what_if, Path(path).suffix.lstrip(".").lower()))
     chosen = what_if.scenarios[1] if what_if.tries else what_if.scenarios[0]
-    return output.write(what_if.report(chosen), path)
+    return output.write(what_if.report(chosen), path, None, options)
 
 
 # -- text --------------------------------------------------------------------------------

@@ -427,7 +427,6 @@ def test_weights_command_help(cli: Callable[..., Any]) -> None:
     (["--sweep", "C=0:1"], "expects OUTPUT=START:STOP:STEPS"),
     (["--sweep", "C=-1:1:3"], "not a valid weight"),
     (["--sweep", "C=log:0:1:3"], "log sweep needs START and STOP above 0"),
-    (["-o", "plot.png"], "give --sweep"),
     (["--suggest", "--reference", "nope"], "not a shared layer"),
 ])
 def test_weights_command_bad_input(cli: Callable[..., Any], sample_path: Callable[[str], Path], tmp_path: Path,
@@ -438,3 +437,16 @@ def test_weights_command_bad_input(cli: Callable[..., Any], sample_path: Callabl
     lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_weights_diagram_is_the_inspect_diagram_without_recomputing(
+    cli: Callable[..., Any], sample_path: Callable[[str], Path], tmp_path: Path
+) -> None:
+    model = sample_path("shared_trunk")
+    common = ["--batch-size", "8", "--show-norms"]
+    tried = cli("weights", model, "--try", "C=1,D=0.05", "-o", tmp_path / "w.dot", *common)
+    fresh = cli("inspect", model, "--loss-weight", "C=1", "--loss-weight", "D=0.05", "-o", tmp_path / "i.dot", *common)
+    assert tried.exit_code == 0 and fresh.exit_code == 0, tried.stderr + fresh.stderr
+    what_if, recomputed = (tmp_path / "w.dot").read_text(), (tmp_path / "i.dot").read_text()
+    assert "w=0.05" in what_if
+    assert what_if == recomputed
