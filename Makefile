@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup graphviz demo test lint samples bench clean
+.PHONY: setup graphviz demo test lint samples docs bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ lint: setup
 
 samples: setup
 	$(PY) samples/make_samples.py
+
+# The README's picture.
+docs: setup
+	$(VENV)/bin/gradviz inspect samples/shared_trunk.keras --show-norms -o docs/shared_trunk.png
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info

@@ -509,12 +509,12 @@ def build_dot(report: Report, options: RenderOptions = RenderOptions()) -> str:
 
     lines = [f"digraph {quote(report.model_name)} {{"]
     lines.append("  " + _attrs({
-        "rankdir": options.rankdir, "fontname": FONT, "fontsize": 11, "nodesep": 0.3, "ranksep": 0.35,
+        "rankdir": options.rankdir, "fontname": FONT, "fontsize": 11, "nodesep": 0.3, "ranksep": 0.45,
         "labelloc": "t", "labeljust": "l", "bgcolor": "white", "pad": 0.2,
         "label": _legend(report, options, shown),
     }).join(["graph ", ";"]))
     lines.append("  " + _attrs({"fontname": FONT, "fontsize": 11, "shape": "box", "height": 0.3,
-                                "margin": "0.1,0.04", "penwidth": 1.0}).join(["node ", ";"]))
+                                "margin": "0.12,0.07", "penwidth": 1.0}).join(["node ", ";"]))
     lines.append("  " + _attrs({"fontname": FONT, "fontsize": 9, "arrowsize": 0.6, "color": EDGE_COLOR})
                  .join(["edge ", ";"]))
 
