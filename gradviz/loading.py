@@ -158,6 +158,21 @@ def load_model(
     )
 
 
+def check_path(path: str | Path) -> None:
+    """Fail fast (before TensorFlow is imported) when ``path`` cannot be a model file.
+
+    Example:
+        >>> check_path("no/such/model.keras")
+        Traceback (most recent call last):
+        ...
+        gradviz.errors.ModelLoadError: no such file: no/such/model.keras (expected a .keras or .h5 model file)
+
+    Raises:
+        ModelLoadError: missing, a directory, empty, or not named .keras/.h5.
+    """
+    _check_path(Path(path))
+
+
 def _check_path(file: Path) -> None:
     if file.is_dir():
         if (file / "saved_model.pb").exists():
@@ -179,6 +194,11 @@ def _check_path(file: Path) -> None:
 def _read_keras_archive(file: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Read config.json from a .keras zip archive."""
     if not zipfile.is_zipfile(file):
+        if _starts_like_zip(file):  # a zip's first bytes but no central directory: cut short
+            raise ModelLoadError(
+                f"{file} is a damaged or truncated .keras archive (its zip directory is missing); "
+                "copy or save the model again"
+            )
         raise ModelLoadError(
             f"{file} is not a Keras archive (a .keras file is a zip holding config.json)"
         )
@@ -195,6 +215,14 @@ def _read_keras_archive(file: Path) -> tuple[dict[str, Any], dict[str, Any] | No
         raise ModelLoadError(f"{file}: config.json must hold a JSON object describing the model")
     compile_config = config.get("compile_config")
     return config, compile_config if isinstance(compile_config, dict) else None
+
+
+def _starts_like_zip(file: Path) -> bool:
+    try:
+        with open(file, "rb") as handle:
+            return handle.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 def _read_h5(file: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
