@@ -276,7 +276,13 @@ def _lambda_layers(config: Any) -> list[str]:
     return sorted(set(found))
 
 
-_UNKNOWN_CLASS = re.compile(r"Could not (?:locate|interpret|deserialize)[^'`\"]*['`\"]([\w.>< -]+)['`\"]")
+# Keras's words for a name it cannot resolve: "Could not locate class 'X'" (.keras),
+# "Unknown layer: 'X'" (legacy .h5), "Could not interpret loss identifier: x" (a bare name).
+_UNKNOWN_CLASS = re.compile(
+    r"Could not locate (?:class|function) ['`\"]([\w.>< -]+)['`\"]"
+    r"|Unknown [a-z ]+?: ['`\"]([\w.>< -]+)['`\"]"
+    r"|Could not interpret [a-z ]*identifier: ([\w.><-]+)(?:$|[ .])"
+)
 
 
 def _rebuild(file: Path, custom_objects: dict[str, Any], unsafe: bool) -> keras.Model:
@@ -295,17 +301,25 @@ def _rebuild(file: Path, custom_objects: dict[str, Any], unsafe: bool) -> keras.
 
 
 def _explain_load_failure(file: Path, error: Exception) -> str:
+    """One line from Keras's nested load errors (each level repeats the whole config).
+
+    Example:
+        >>> _explain_load_failure(Path("m.h5"), ValueError("Unknown layer: 'FancyDense'. Please ensure ..."))
+        "m.h5 uses an unknown class or function 'FancyDense'; pass --custom-objects FILE.py with a Python file that defines it"
+    """
     text = " ".join(str(error).split())
     match = _UNKNOWN_CLASS.search(text)
-    if match or "Unknown layer" in text or "Unknown loss" in text:
-        name = match.group(1) if match else text.split(":")[-1].strip()
+    if match:
+        name = next(group for group in match.groups() if group)
         return (
             f"{file} uses an unknown class or function '{name}'; pass --custom-objects FILE.py "
             "with a Python file that defines it"
         )
-    if "Lambda" in text and "safe_mode" in text:
-        return f"{file} contains a Lambda layer; pass --unsafe only if you trust the file"
-    first = text[:300] + ("..." if len(text) > 300 else "")
+    if "lambda" in text.lower() and "safe_mode" in text:
+        return f"{file} holds a Python lambda, whose code would run on load; pass --unsafe only if you trust the file"
+    # Keras wraps the cause in "... Exception encountered: <cause>" once per nesting level.
+    cause = text.rsplit("Exception encountered:", 1)[-1].strip()
+    first = cause[:300] + ("..." if len(cause) > 300 else "")
     return f"cannot rebuild the model from {file}: {type(error).__name__}: {first}"
 
 
