@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 KERAS_SUFFIXES = (".keras",)
 H5_SUFFIXES = (".h5", ".hdf5")
+#: config.json of the largest real models is a few MB; more is not a model config.
+MAX_CONFIG_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,12 @@ def _read_keras_archive(file: Path) -> tuple[dict[str, Any], dict[str, Any] | No
             names = archive.namelist()
             if "config.json" not in names:
                 raise ModelLoadError(f"{file} is a zip file but holds no config.json: not a .keras model")
+            size = archive.getinfo("config.json").file_size
+            if size > MAX_CONFIG_BYTES:  # a zip bomb would otherwise be inflated into memory
+                raise ModelLoadError(
+                    f"{file}: config.json would inflate to {size:,} bytes, more than a model "
+                    f"config needs (limit {MAX_CONFIG_BYTES:,}); not a .keras file gradviz will read"
+                )
             raw = archive.read("config.json")
     except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as e:
         raise ModelLoadError(f"{file} is a damaged .keras archive ({e})") from e
@@ -248,31 +256,40 @@ def _read_h5(file: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
 
 
 def _parse_json(raw: Any, what: str) -> Any:
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", errors="replace")
+    """Parse JSON from an untrusted file: every failure is a ModelLoadError.
+
+    Example:
+        >>> _parse_json(b"[" * 100000, "config.json")
+        Traceback (most recent call last):
+        ...
+        gradviz.errors.ModelLoadError: config.json is not valid JSON (nested too deeply)
+    """
     try:
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8")
         return json.loads(raw)
-    except (json.JSONDecodeError, TypeError) as e:
+    except UnicodeDecodeError as e:
+        raise ModelLoadError(f"{what} is not valid JSON (not UTF-8 text: {e.reason} at byte {e.start})") from e
+    except RecursionError as e:  # json's parser recurses per nesting level
+        raise ModelLoadError(f"{what} is not valid JSON (nested too deeply)") from e
+    except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
         raise ModelLoadError(f"{what} is not valid JSON ({e})") from e
 
 
 def _lambda_layers(config: Any) -> list[str]:
     """Names of Lambda layers anywhere in a serialized model config."""
     found: list[str] = []
-
-    def walk(node: Any) -> None:
+    stack = [config]  # iterative: a hostile file may nest deeper than Python's recursion limit
+    while stack:
+        node = stack.pop()
         if isinstance(node, dict):
             if node.get("class_name") == "Lambda":
                 inner = node.get("config")
                 name = inner.get("name") if isinstance(inner, dict) else None
                 found.append(str(name or "<unnamed>"))
-            for value in node.values():
-                walk(value)
+            stack.extend(node.values())
         elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(config)
+            stack.extend(node)
     return sorted(set(found))
 
 
@@ -281,7 +298,7 @@ def _lambda_layers(config: Any) -> list[str]:
 _UNKNOWN_CLASS = re.compile(
     r"Could not locate (?:class|function) ['`\"]([\w.>< -]+)['`\"]"
     r"|Unknown [a-z ]+?: ['`\"]([\w.>< -]+)['`\"]"
-    r"|Could not interpret [a-z ]*identifier: ([\w.><-]+)(?:$|[ .])"
+    r"|Could not interpret [a-z ]*identifier: ([A-Za-z_][\w.>]*)(?:$|[ .])"
 )
 
 
@@ -309,8 +326,15 @@ def _explain_load_failure(file: Path, error: Exception) -> str:
     """
     text = " ".join(str(error).split())
     match = _UNKNOWN_CLASS.search(text)
-    if match:
-        name = next(group for group in match.groups() if group)
+    name = next((group for group in match.groups() if group), None) if match else None
+    if name in ("True", "False", "None"):  # a damaged value, not a class name
+        name = None
+    if name and _is_keras_builtin(name):
+        return (
+            f"{file} names Keras's own '{name}' in a form this Keras cannot resolve: config.json is "
+            "damaged or was written by an incompatible Keras version; save the model again"
+        )
+    if name:
         return (
             f"{file} uses an unknown class or function '{name}'; pass --custom-objects FILE.py "
             "with a Python file that defines it"
@@ -321,6 +345,15 @@ def _explain_load_failure(file: Path, error: Exception) -> str:
     cause = text.rsplit("Exception encountered:", 1)[-1].strip()
     first = cause[:300] + ("..." if len(cause) > 300 else "")
     return f"cannot rebuild the model from {file}: {type(error).__name__}: {first}"
+
+
+def _is_keras_builtin(name: str) -> bool:
+    """Whether Keras itself defines ``name`` (so --custom-objects is not the fix)."""
+    import keras
+
+    modules = (keras.layers, keras.models, keras.losses, keras.initializers, keras.regularizers,
+               keras.constraints, keras.activations, keras.optimizers)
+    return name in ("Functional", "Sequential") or any(hasattr(module, name) for module in modules)
 
 
 @contextlib.contextmanager

@@ -437,6 +437,8 @@ def display_name(identifier: Any) -> str:
         if isinstance(config, str):  # a serialized plain function
             return config
         return _CAMEL.sub("_", str(identifier.get("class_name", "loss"))).lower()
+    if identifier is None or isinstance(identifier, (bool, int, float, list)):
+        return repr(identifier)  # a damaged config: show the value, not its type
     name = getattr(identifier, "name", None) or getattr(identifier, "__name__", None)
     return str(name) if name else type(identifier).__name__
 
