@@ -306,7 +306,7 @@ def _rebuild(file: Path, custom_objects: dict[str, Any], unsafe: bool) -> keras.
     import keras
 
     try:
-        with _quiet_absl(), _unsafe_scope(unsafe):
+        with _quiet_absl(), _unsafe_scope(unsafe), _random_streams_kept():
             model = keras.saving.load_model(
                 file, compile=False, safe_mode=not unsafe, custom_objects=custom_objects or None
             )
@@ -366,6 +366,35 @@ def _unsafe_scope(unsafe: bool) -> Iterator[None]:
 
     with serialization_lib.SafeModeScope(False):
         yield
+
+
+@contextlib.contextmanager
+def _random_streams_kept() -> Iterator[None]:
+    """Give the caller's random streams back after Keras has rebuilt a model.
+
+    Rebuilding layers draws initializer seeds from Python's ``random`` (Keras's
+    ``make_default_seed``) and may create Keras's global SeedGenerator, so the
+    caller's next ``random.random()`` or ``keras.random.normal(...)`` would differ
+    from a run without gradviz. NumPy's global state is kept as well.
+    """
+    import random
+
+    import numpy as np
+    from keras.src.backend.common import global_state  # private: where the global SeedGenerator lives
+    from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
+
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    generator = global_state.get_global_attribute(GLOBAL_SEED_GENERATOR)
+    generator_state = None if generator is None else np.array(generator.state.numpy())
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, generator)
+        if generator is not None:
+            generator.state.assign(generator_state)
 
 
 @contextlib.contextmanager
