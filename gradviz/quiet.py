@@ -72,7 +72,10 @@ def native_stderr_discarded() -> Iterator[None]:
 
 @contextlib.contextmanager
 def stdout_to_stderr() -> Iterator[None]:
-    """Send Python-level prints (a custom layer's ``print``) to stderr, keeping stdout for the report.
+    """Send everything written to stdout while the block runs to stderr, keeping stdout for the report.
+
+    Both levels: Python's ``sys.stdout`` (a custom layer's ``print``) and file
+    descriptor 1 (native writers such as ``tf.print(..., output_stream=sys.stdout)``).
 
     Example:
         >>> import io
@@ -81,5 +84,29 @@ def stdout_to_stderr() -> Iterator[None]:
         >>> err.getvalue()
         'from a custom layer\\n'
     """
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr), _descriptor_redirected(1, 2):
         yield
+
+
+@contextlib.contextmanager
+def _descriptor_redirected(source: int, target: int) -> Iterator[None]:
+    """Point file descriptor ``source`` at ``target`` while the block runs (no-op when impossible)."""
+    for stream in (sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()  # type: ignore[union-attr]
+    try:
+        saved = os.dup(source)
+    except OSError:
+        yield
+        return
+    try:
+        os.dup2(target, source)
+        try:
+            yield
+        finally:
+            for stream in (sys.__stdout__, sys.__stderr__):
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    stream.flush()  # type: ignore[union-attr]
+            os.dup2(saved, source)
+    finally:
+        os.close(saved)
