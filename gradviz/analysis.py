@@ -357,10 +357,10 @@ def _layer_info(
             {}, None, (), "no-trainable-weights", {}, (), node.get("output_shape", ""),
         )
     gram = stats.gram[var_ids].sum(axis=0)
-    exists = stats.exists[var_ids].any(axis=0)
+    exists = np.asarray(stats.exists[var_ids].any(axis=0))
     max_abs = stats.max_abs[var_ids].max(axis=0)
     grad_norm = {n: (_sqrt(gram[k, k]) if exists[k] else None) for k, n in enumerate(names)}
-    finite = stats.finite[var_ids].all(axis=0)
+    finite = np.asarray(stats.finite[var_ids].all(axis=0))
     # A NaN/Inf gradient reaches the layer (it is not "dead"); the nan-gradient finding reports it.
     reached = tuple(names[k] for k in output_losses if exists[k] and (max_abs[k] > 0 or not finite[k]))
     if len(reached) >= 2:

@@ -133,7 +133,8 @@ def compute(
             )
             named = model_outputs(model, output_names, y_pred)
             values = [
-                tf.cast(fn(ys[term.output], named[term.output]), tf.float32) for term, fn in zip(terms, loss_fns)
+                tf.cast(fn(ys[term.output or ""], named[term.output or ""]), tf.float32)
+                for term, fn in zip(terms, loss_fns)
             ]
             if extra:
                 values.append(tf.cast(tf.add_n([tf.reduce_sum(tf.cast(e, tf.float32)) for e in extra]), tf.float32))
@@ -190,12 +191,12 @@ def compute(
     for b in range(data.batches):
         xs, ys = data.batch(b)
         x = [tf.convert_to_tensor(a) for a in xs]
-        y = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
+        y_batch = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
         try:
             if accumulate:
-                values, state = step_accumulate(x, y, state)
+                values, state = step_accumulate(x, y_batch, state)
             else:
-                values, stats, state = step_stats(x, y, state)
+                values, stats, state = step_stats(x, y_batch, state)
                 stats_np = [None if s is None else tuple(t.numpy() for t in s) for s in stats]
                 stat_sums = stats_np if stat_sums is None else _add_stats(stat_sums, stats_np)
         except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
@@ -220,7 +221,7 @@ def compute(
 
 
 def _add_stats(a: list[Any], b: list[Any]) -> list[Any]:
-    out = []
+    out: list[Any] = []
     for sa, sb in zip(a, b):
         if sa is None:
             out.append(None)

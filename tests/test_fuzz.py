@@ -123,7 +123,7 @@ HOSTILE_CONFIGS = [
 @pytest.mark.parametrize("raw, fragment", [c[1:] for c in HOSTILE_CONFIGS], ids=[c[0] for c in HOSTILE_CONFIGS])
 def test_hostile_config_json(base_keras: Path, tmp_path: Path, time_bound: Any, raw: bytes, fragment: str) -> None:
     path = rm.rewrite_config(base_keras, tmp_path / "hostile.keras", raw)
-    with time_bound(CASE_BOUND), pytest.raises(ModelLoadError, match=fragment):
+    with time_bound(CASE_BOUND), pytest.raises(ModelLoadError, match=fragment or None):
         gradviz.analyze(path, batch_size=2)
 
 
