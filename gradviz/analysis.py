@@ -235,6 +235,8 @@ def shares(gram: np.ndarray, weights: np.ndarray) -> np.ndarray:
         [0.125, 0.875]
     """
     total = float(weights @ gram @ weights)
+    if not math.isfinite(total):  # a NaN/Inf gradient: no loss's share is meaningful
+        return np.full(len(weights), math.nan)
     if not total > 0:
         return np.zeros(len(weights))
     return weights * (gram @ weights) / total
@@ -363,7 +365,9 @@ def _layer_info(
     exists: np.ndarray = np.asarray(stats.exists[var_ids].any(axis=0))
     max_abs: np.ndarray = np.asarray(stats.max_abs[var_ids].max(axis=0))
     grad_norm = {n: (_sqrt(gram[k, k]) if exists[k] else None) for k, n in enumerate(names)}
-    reached = tuple(names[k] for k in output_losses if exists[k] and max_abs[k] > 0)
+    finite = np.asarray(stats.finite[var_ids].all(axis=0))
+    # A NaN/Inf gradient reaches the layer (it is not "dead"); the nan-gradient finding reports it.
+    reached = tuple(names[k] for k in output_losses if exists[k] and (max_abs[k] > 0 or not finite[k]))
     if len(reached) >= 2:
         status = "shared"
     elif reached:
@@ -509,6 +513,8 @@ def _findings(
             continue
         bad_layers = _ordered({topology.variables[v].layer for v in bad_vars}, graph, reverse=True)
         where = f"; non-finite gradients start at layer '{bad_layers[0]}' (closest to the output)" if bad_layers else ""
+        if len(bad_layers) > 1:  # how far back toward the inputs they propagate
+            where += f" and reach back to '{bad_layers[-1]}'"
         value_text = f"its value is {float(stats.loss_values[k])}" if value_bad else "its value is finite"
         found.append(Finding(
             "nan-gradient", "error",

@@ -119,14 +119,21 @@ def make_render_options(kwargs: dict[str, Any]) -> Any:
 
 def run_analysis(model: str, **kwargs: Any) -> Any:
     """Parse the shared options and call :func:`gradviz.analyze`."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from gradviz.api import analyze
     from gradviz.spec import parse_loss_assignments, parse_weight_assignments
 
     losses = parse_loss_assignments(kwargs["losses"])
     weights = parse_weight_assignments(kwargs["loss_weights"])
+    # Robustness (issue 5): TensorFlow's native import-time log lines must not turn a one-line
+    # error into six, and prints from custom layers must not reach stdout (the report's).
+    from gradviz.loading import check_path
+    from gradviz.quiet import import_tensorflow_quietly, stdout_to_stderr
+
+    check_path(model)  # a missing or empty file fails before the seconds-long TensorFlow import
+    import_tensorflow_quietly(debug=kwargs.get("debug", False))
+    from gradviz.api import analyze
+
     batches = kwargs["batches"]
-    with _progress(batches) as progress:
+    with _progress(batches) as progress, stdout_to_stderr():
         return analyze(
             model,
             losses=losses,

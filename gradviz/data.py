@@ -177,11 +177,18 @@ def load_npz(
         raise DataError(f"{file} is not an .npz file; save one with numpy.savez(path, x=..., y=...)")
     expected_x = _keys("x", inputs)
     expected_y = _keys("y", targets)
+    # the keys this model needs, for messages: 'x, y:C, y:D' (the short form where it is allowed)
+    expected = ", ".join(options[-1] for options in expected_x + expected_y)
     try:
         with np.load(file, allow_pickle=False) as archive:
             keys = set(archive.files)
-            xs = tuple(_array(archive, keys, options, info, file) for options, info in zip(expected_x, inputs))
-            ys = {info.name: _array(archive, keys, options, info, file) for options, info in zip(expected_y, targets)}
+            xs = tuple(
+                _array(archive, keys, options, info, file, expected) for options, info in zip(expected_x, inputs)
+            )
+            ys = {
+                info.name: _array(archive, keys, options, info, file, expected)
+                for options, info in zip(expected_y, targets)
+            }
     except DataError:
         raise
     except Exception as e:  # numpy raises ValueError/OSError/zipfile errors for broken files
@@ -211,14 +218,21 @@ def _keys(prefix: str, infos: Sequence[TensorInfo]) -> list[list[str]]:
     return [[f"{prefix}:{info.name}"] + ([prefix] if len(infos) == 1 else []) for info in infos]
 
 
-def _array(archive: np.lib.npyio.NpzFile, keys: set[str], options: list[str], info: TensorInfo, file: Path) -> np.ndarray:
+def _array(archive: np.lib.npyio.NpzFile, keys: set[str], options: list[str], info: TensorInfo, file: Path,
+           expected_keys: str = "") -> np.ndarray:
     key = next((k for k in options if k in keys), None)
     if key is None:
         raise DataError(
             f"{file} has no key {' or '.join(repr(k) for k in options)} for '{info.name}'; "
-            f"keys found: {', '.join(sorted(keys)) or 'none'}"
+            f"expected keys: {expected_keys or ', '.join(options)}; keys found: {', '.join(sorted(keys)) or 'none'}"
         )
-    array = np.asarray(archive[key])
+    try:
+        array = np.asarray(archive[key])
+    except ValueError as e:  # object arrays need pickle, which could run code: refused
+        raise DataError(
+            f"{file}: '{key}' holds Python objects, which gradviz does not unpickle; "
+            "save numeric arrays (or strings for string inputs)"
+        ) from e
     want = info.shape[1:]
     if array.ndim == 0:
         raise DataError(f"{file}: '{key}' is a scalar; expected rows of shape {_fmt(want)}")
@@ -254,4 +268,10 @@ def _dim(d: int | None) -> str:
 
 
 def _fmt(shape: Sequence[int | None]) -> str:
-    return "(" + ", ".join(map(_dim, shape)) + ")"
+    """A shape as Python writes it.
+
+    Example:
+        >>> _fmt((4,)), _fmt((None, 3))
+        ('(4,)', '(None, 3)')
+    """
+    return "(" + ", ".join(map(_dim, shape)) + ("," if len(shape) == 1 else "") + ")"

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 KERAS_SUFFIXES = (".keras",)
 H5_SUFFIXES = (".h5", ".hdf5")
+#: config.json of the largest real models is a few MB; more is not a model config.
+MAX_CONFIG_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,21 @@ def load_model(
     )
 
 
+def check_path(path: str | Path) -> None:
+    """Fail fast (before TensorFlow is imported) when ``path`` cannot be a model file.
+
+    Example:
+        >>> check_path("no/such/model.keras")
+        Traceback (most recent call last):
+        ...
+        gradviz.errors.ModelLoadError: no such file: no/such/model.keras (expected a .keras or .h5 model file)
+
+    Raises:
+        ModelLoadError: missing, a directory, empty, or not named .keras/.h5.
+    """
+    _check_path(Path(path))
+
+
 def _check_path(file: Path) -> None:
     if file.is_dir():
         if (file / "saved_model.pb").exists():
@@ -179,6 +196,11 @@ def _check_path(file: Path) -> None:
 def _read_keras_archive(file: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Read config.json from a .keras zip archive."""
     if not zipfile.is_zipfile(file):
+        if _starts_like_zip(file):  # a zip's first bytes but no central directory: cut short
+            raise ModelLoadError(
+                f"{file} is a damaged or truncated .keras archive (its zip directory is missing); "
+                "copy or save the model again"
+            )
         raise ModelLoadError(
             f"{file} is not a Keras archive (a .keras file is a zip holding config.json)"
         )
@@ -187,6 +209,12 @@ def _read_keras_archive(file: Path) -> tuple[dict[str, Any], dict[str, Any] | No
             names = archive.namelist()
             if "config.json" not in names:
                 raise ModelLoadError(f"{file} is a zip file but holds no config.json: not a .keras model")
+            size = archive.getinfo("config.json").file_size
+            if size > MAX_CONFIG_BYTES:  # a zip bomb would otherwise be inflated into memory
+                raise ModelLoadError(
+                    f"{file}: config.json would inflate to {size:,} bytes, more than a model "
+                    f"config needs (limit {MAX_CONFIG_BYTES:,}); not a .keras file gradviz will read"
+                )
             raw = archive.read("config.json")
     except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as e:
         raise ModelLoadError(f"{file} is a damaged .keras archive ({e})") from e
@@ -195,6 +223,14 @@ def _read_keras_archive(file: Path) -> tuple[dict[str, Any], dict[str, Any] | No
         raise ModelLoadError(f"{file}: config.json must hold a JSON object describing the model")
     compile_config = config.get("compile_config")
     return config, compile_config if isinstance(compile_config, dict) else None
+
+
+def _starts_like_zip(file: Path) -> bool:
+    try:
+        with open(file, "rb") as handle:
+            return handle.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 def _read_h5(file: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -220,42 +256,57 @@ def _read_h5(file: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
 
 
 def _parse_json(raw: Any, what: str) -> Any:
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", errors="replace")
+    """Parse JSON from an untrusted file: every failure is a ModelLoadError.
+
+    Example:
+        >>> _parse_json(b"[" * 100000, "config.json")
+        Traceback (most recent call last):
+        ...
+        gradviz.errors.ModelLoadError: config.json is not valid JSON (nested too deeply)
+    """
     try:
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8")
         return json.loads(raw)
-    except (json.JSONDecodeError, TypeError) as e:
+    except UnicodeDecodeError as e:
+        raise ModelLoadError(f"{what} is not valid JSON (not UTF-8 text: {e.reason} at byte {e.start})") from e
+    except RecursionError as e:  # json's parser recurses per nesting level
+        raise ModelLoadError(f"{what} is not valid JSON (nested too deeply)") from e
+    except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
         raise ModelLoadError(f"{what} is not valid JSON ({e})") from e
 
 
 def _lambda_layers(config: Any) -> list[str]:
     """Names of Lambda layers anywhere in a serialized model config."""
     found: list[str] = []
-
-    def walk(node: Any) -> None:
+    stack = [config]  # iterative: a hostile file may nest deeper than Python's recursion limit
+    while stack:
+        node = stack.pop()
         if isinstance(node, dict):
             if node.get("class_name") == "Lambda":
                 inner = node.get("config")
                 name = inner.get("name") if isinstance(inner, dict) else None
                 found.append(str(name or "<unnamed>"))
-            for value in node.values():
-                walk(value)
+            stack.extend(node.values())
         elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(config)
+            stack.extend(node)
     return sorted(set(found))
 
 
-_UNKNOWN_CLASS = re.compile(r"Could not (?:locate|interpret|deserialize)[^'`\"]*['`\"]([\w.>< -]+)['`\"]")
+# Keras's words for a name it cannot resolve: "Could not locate class 'X'" (.keras),
+# "Unknown layer: 'X'" (legacy .h5), "Could not interpret loss identifier: x" (a bare name).
+_UNKNOWN_CLASS = re.compile(
+    r"Could not locate (?:class|function) ['`\"]([\w.>< -]+)['`\"]"
+    r"|Unknown [a-z ]+?: ['`\"]([\w.>< -]+)['`\"]"
+    r"|Could not interpret [a-z ]*identifier: ([A-Za-z_][\w.>]*)(?:$|[ .])"
+)
 
 
 def _rebuild(file: Path, custom_objects: dict[str, Any], unsafe: bool) -> keras.Model:
     import keras
 
     try:
-        with _quiet_absl(), _unsafe_scope(unsafe):
+        with _quiet_absl(), _unsafe_scope(unsafe), _random_streams_kept():
             model = keras.saving.load_model(
                 file, compile=False, safe_mode=not unsafe, custom_objects=custom_objects or None
             )
@@ -267,18 +318,42 @@ def _rebuild(file: Path, custom_objects: dict[str, Any], unsafe: bool) -> keras.
 
 
 def _explain_load_failure(file: Path, error: Exception) -> str:
+    """One line from Keras's nested load errors (each level repeats the whole config).
+
+    Example:
+        >>> _explain_load_failure(Path("m.h5"), ValueError("Unknown layer: 'FancyDense'. Please ensure ..."))
+        "m.h5 uses an unknown class or function 'FancyDense'; pass --custom-objects FILE.py with a Python file that defines it"
+    """
     text = " ".join(str(error).split())
     match = _UNKNOWN_CLASS.search(text)
-    if match or "Unknown layer" in text or "Unknown loss" in text:
-        name = match.group(1) if match else text.split(":")[-1].strip()
+    name = next((group for group in match.groups() if group), None) if match else None
+    if name in ("True", "False", "None"):  # a damaged value, not a class name
+        name = None
+    if name and _is_keras_builtin(name):
+        return (
+            f"{file} names Keras's own '{name}' in a form this Keras cannot resolve: config.json is "
+            "damaged or was written by an incompatible Keras version; save the model again"
+        )
+    if name:
         return (
             f"{file} uses an unknown class or function '{name}'; pass --custom-objects FILE.py "
             "with a Python file that defines it"
         )
-    if "Lambda" in text and "safe_mode" in text:
-        return f"{file} contains a Lambda layer; pass --unsafe only if you trust the file"
-    first = text[:300] + ("..." if len(text) > 300 else "")
+    if "lambda" in text.lower() and "safe_mode" in text:
+        return f"{file} holds a Python lambda, whose code would run on load; pass --unsafe only if you trust the file"
+    # Keras wraps the cause in "... Exception encountered: <cause>" once per nesting level.
+    cause = text.rsplit("Exception encountered:", 1)[-1].strip()
+    first = cause[:300] + ("..." if len(cause) > 300 else "")
     return f"cannot rebuild the model from {file}: {type(error).__name__}: {first}"
+
+
+def _is_keras_builtin(name: str) -> bool:
+    """Whether Keras itself defines ``name`` (so --custom-objects is not the fix)."""
+    import keras
+
+    modules = (keras.layers, keras.models, keras.losses, keras.initializers, keras.regularizers,
+               keras.constraints, keras.activations, keras.optimizers)
+    return name in ("Functional", "Sequential") or any(hasattr(module, name) for module in modules)
 
 
 @contextlib.contextmanager
@@ -291,6 +366,35 @@ def _unsafe_scope(unsafe: bool) -> Iterator[None]:
 
     with serialization_lib.SafeModeScope(False):
         yield
+
+
+@contextlib.contextmanager
+def _random_streams_kept() -> Iterator[None]:
+    """Give the caller's random streams back after Keras has rebuilt a model.
+
+    Rebuilding layers draws initializer seeds from Python's ``random`` (Keras's
+    ``make_default_seed``) and may create Keras's global SeedGenerator, so the
+    caller's next ``random.random()`` or ``keras.random.normal(...)`` would differ
+    from a run without gradviz. NumPy's global state is kept as well.
+    """
+    import random
+
+    import numpy as np
+    from keras.src.backend.common import global_state  # private: where the global SeedGenerator lives
+    from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
+
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    generator = global_state.get_global_attribute(GLOBAL_SEED_GENERATOR)
+    generator_state = None if generator is None else np.array(generator.state.numpy())
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, generator)
+        if generator is not None:
+            generator.state.assign(generator_state)
 
 
 @contextlib.contextmanager

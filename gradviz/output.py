@@ -80,10 +80,17 @@ def format_of(path: str | Path, override: str | None = None) -> str:
     Raises:
         OutputError: the format is not known.
     """
-    name = (override or Path(path).suffix.lstrip(".")).lower()
+    if not override and Path(path).is_dir():  # say so, rather than "unknown extension"
+        raise OutputError(f"output path {path} is a directory; give a file name such as {Path(path) / 'report.json'}")
+    suffix = Path(path).suffix
+    name = (override or suffix.lstrip(".")).lower()
     if name not in formats():
-        what = f"--format {override!r}" if override else f"extension of {str(path)!r}"
-        raise OutputError(f"unknown output format ({what}); valid: {', '.join('.' + f for f in formats())}")
+        valid = ", ".join("." + f for f in formats())
+        if override:
+            raise OutputError(f"unknown output format (--format {override!r}); valid: {valid}")
+        if not suffix:
+            raise OutputError(f"output path {str(path)!r} has no extension to pick the format from; valid: {valid}")
+        raise OutputError(f"unknown output format {suffix!r} (extension of {str(path)!r}); valid: {valid}")
     return name
 
 
@@ -97,6 +104,8 @@ def check_target(path: str | Path) -> Path:
     parent = target.parent if str(target.parent) else Path(".")
     if target.is_dir():
         raise OutputError(f"output path {target} is a directory; give a file name")
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"cannot write {target}: {parent} is not a directory")
     if not parent.is_dir():
         raise OutputError(f"cannot write {target}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):

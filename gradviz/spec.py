@@ -281,13 +281,68 @@ def _check_output(name: str, outputs: Sequence[str], layers: set[str], option: s
 
 
 def is_serialized_object(value: Any) -> bool:
-    """Whether a dict is one serialized Keras object rather than a per-output mapping.
+    """Whether ``value`` is one serialized Keras object (``{"class_name": ..., "config": ...}``),
+    as opposed to a dict of losses by output name.
 
     Example:
-        >>> is_serialized_object({"class_name": "Huber", "config": {}}), is_serialized_object({"C": "mse"})
-        (True, False)
+        >>> is_serialized_object({"class_name": "Huber", "config": {"delta": 1.0}})
+        True
+        >>> is_serialized_object({"C": "mse", "D": "mae"})
+        False
     """
-    return isinstance(value, dict) and "class_name" in value and "config" in value
+    return isinstance(value, dict) and "class_name" in value and set(value) <= _SERIALIZED_KEYS
+
+
+_SERIALIZED_KEYS = frozenset({"module", "class_name", "config", "registered_name", "build_config", "compile_config"})
+
+#: Keras 2 loss names that Keras 3 no longer resolves, and their Keras 3 names.
+LEGACY_LOSS_NAMES = {
+    "logcosh": "log_cosh",
+    "huber_loss": "huber",
+    "kullback_leibler_divergence": "kl_divergence",
+}
+
+#: Keras's built-in Loss classes; their configs never take ``fn`` (Keras 2 wrote it anyway).
+_BUILTIN_LOSS_CLASSES = frozenset({
+    "MeanSquaredError", "MeanAbsoluteError", "MeanAbsolutePercentageError", "MeanSquaredLogarithmicError",
+    "CosineSimilarity", "Huber", "LogCosh", "Hinge", "SquaredHinge", "CategoricalHinge", "KLDivergence",
+    "Poisson", "BinaryCrossentropy", "BinaryFocalCrossentropy", "CategoricalCrossentropy",
+    "CategoricalFocalCrossentropy", "SparseCategoricalCrossentropy",
+})
+
+
+def normalize_loss(identifier: Any) -> Any:
+    """Rewrite a Keras 2 loss identifier (legacy ``.h5`` training configs) into what Keras 3 reads.
+
+    Keras 2 wrote ``reduction: "auto"`` (Keras 3 knows ``sum_over_batch_size``, which
+    ``auto`` meant in ``compile()``), an ``fn`` entry in built-in loss configs, functions
+    as ``{"class_name": "function", "config": NAME}``, and a few names Keras 3 dropped.
+    Anything else is returned unchanged.
+
+    Example:
+        >>> normalize_loss({"class_name": "MeanSquaredError",
+        ...                 "config": {"reduction": "auto", "name": "mean_squared_error"}})
+        {'class_name': 'MeanSquaredError', 'config': {'reduction': 'sum_over_batch_size', 'name': 'mean_squared_error'}}
+        >>> normalize_loss("logcosh"), normalize_loss({"class_name": "function", "config": "huber_loss"})
+        ('log_cosh', 'huber')
+        >>> normalize_loss("mse")
+        'mse'
+    """
+    if isinstance(identifier, str):
+        return LEGACY_LOSS_NAMES.get(identifier, identifier)
+    if not is_serialized_object(identifier):
+        return identifier
+    config = identifier.get("config")
+    if identifier.get("class_name") == "function" and isinstance(config, str):
+        return LEGACY_LOSS_NAMES.get(config, config)
+    if not isinstance(config, dict):
+        return identifier
+    config = dict(config)
+    if config.get("reduction") == "auto":
+        config["reduction"] = "sum_over_batch_size"
+    if identifier.get("class_name") in _BUILTIN_LOSS_CLASSES and isinstance(config.get("fn"), str):
+        del config["fn"]
+    return {**identifier, "config": config}
 
 
 def _losses_per_output(outputs: list[str], loss: Any) -> list[list[Any]]:
@@ -295,7 +350,9 @@ def _losses_per_output(outputs: list[str], loss: Any) -> list[list[Any]]:
     n = len(outputs)
     if loss is None:
         return [[] for _ in outputs]
-    if isinstance(loss, dict) and not is_serialized_object(loss):
+    if is_serialized_object(loss) and not set(map(str, loss)) <= set(outputs):
+        return [[loss] for _ in outputs]  # one serialized Loss object: it applies to every output
+    if isinstance(loss, dict):
         unknown = sorted(set(map(str, loss)) - set(outputs))
         if unknown:
             raise LossSpecError(
@@ -376,6 +433,8 @@ def display_name(identifier: Any) -> str:
         if isinstance(config, str):  # a serialized plain function
             return config
         return _CAMEL.sub("_", str(identifier.get("class_name", "loss"))).lower()
+    if identifier is None or isinstance(identifier, (bool, int, float, list)):
+        return repr(identifier)  # a damaged config: show the value, not its type
     name = getattr(identifier, "name", None) or getattr(identifier, "__name__", None)
     return str(name) if name else type(identifier).__name__
 
@@ -405,9 +464,14 @@ def resolve_loss(identifier: Any, output_dim: int | None, target_rank_lower: boo
         if target_rank_lower:
             return _wrap(keras.losses.sparse_categorical_crossentropy, identifier)
         return _wrap(keras.losses.categorical_crossentropy, identifier)
+    identifier = normalize_loss(identifier)  # legacy .h5 files hold Keras 2 forms
+    custom = dict(custom_objects or {})
     try:
-        with keras.saving.custom_object_scope(dict(custom_objects or {})):
-            obj = keras.losses.get(identifier)
+        if isinstance(identifier, str) and identifier in custom:  # keras.losses.get ignores the scope for names
+            obj = custom[identifier]
+        else:
+            with keras.saving.custom_object_scope(custom):
+                obj = keras.losses.get(identifier)
     except Exception as e:  # Keras raises ValueError/TypeError for unknown identifiers
         raise LossSpecError(
             f"unknown loss {display_name(identifier)!r}; valid: a Keras loss name "

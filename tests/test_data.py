@@ -66,7 +66,7 @@ def test_npz_keys_plain_and_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "arrays, batch_size, message",
     [
-        ({"x": np.ones((4, 3))}, 2, r"no key 'y:out' or 'y' for 'out'; keys found: x"),
+        ({"x": np.ones((4, 3))}, 2, r"no key 'y:out' or 'y' for 'out'; expected keys: x, y; keys found: x"),
         ({"x": np.ones((4, 2)), "y": np.ones((4, 2))}, 2, r"has shape \(4, 2\); 'x' expects \(rows, 3\)"),
         ({"x": np.ones((1, 3)), "y": np.ones((1, 2))}, 2, "has 1 rows, fewer than --batch-size 2"),
         ({"x": np.full((4, 3), np.nan), "y": np.ones((4, 2))}, 2, "NaN or Inf"),

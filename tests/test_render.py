@@ -323,7 +323,7 @@ def test_cli_format_override_and_unknown_extension(cli: Callable[..., Any], tmp_
     bad = cli("inspect", SAMPLES / "shared_trunk.keras", "-o", tmp_path / "flow.jpeg")
     assert bad.exit_code == 1
     assert bad.stderr.strip().splitlines() == [
-        "Error: unknown output format (extension of "
+        "Error: unknown output format '.jpeg' (extension of "
         f"{str(tmp_path / 'flow.jpeg')!r}); valid: .dot, .graphml, .html, .json, .pdf, .png, .svg"
     ]
     assert cli("inspect", SAMPLES / "shared_trunk.keras", "--rankdir", "BT").exit_code == 2

@@ -1,0 +1,112 @@
+"""Keep the terminal to what the user asked for: the report on stdout, one line per error on stderr.
+
+TensorFlow's native libraries write log lines straight to file descriptor 2
+when they are loaded ("All log messages before absl::InitializeLog() ...",
+oneDNN and CUDA notices), whatever ``TF_CPP_MIN_LOG_LEVEL`` says, and a
+custom layer may ``print()``. Neither may reach the user's stdout or turn a
+one-line error into six lines. This module owns those two guards; the CLI
+uses them, ``--debug`` switches the first one off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from typing import Iterator
+
+
+def import_tensorflow_quietly(debug: bool = False) -> None:
+    """Import TensorFlow and Keras with native stderr output discarded.
+
+    Also raises TensorFlow's native log threshold to fatal errors only
+    (``TF_CPP_MIN_LOG_LEVEL=3``, unless the user set it): its remaining
+    messages (e.g. "failed call to cuInit" on machines without a GPU) are
+    not about the user's model. Python exceptions still propagate. With
+    ``debug`` nothing is hidden.
+
+    Example:
+        >>> import_tensorflow_quietly()
+        >>> "tensorflow" in sys.modules
+        True
+    """
+    if debug:
+        import keras  # noqa: F401
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules and "keras" in sys.modules:
+        return
+    with native_stderr_discarded():
+        import tensorflow  # noqa: F401
+        import keras  # noqa: F401
+
+
+@contextlib.contextmanager
+def native_stderr_discarded() -> Iterator[None]:
+    """Point file descriptor 2 at a temporary file while the block runs.
+
+    Only native code writes there directly; Python's ``sys.stderr`` is
+    flushed before and after, so nothing of Python's own output is lost or
+    reordered. When fd 2 cannot be duplicated (no real stderr), the block
+    runs unchanged.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout while the block runs to stderr, keeping stdout for the report.
+
+    Both levels: Python's ``sys.stdout`` (a custom layer's ``print``) and file
+    descriptor 1 (native writers such as ``tf.print(..., output_stream=sys.stdout)``).
+
+    Example:
+        >>> import io
+        >>> with contextlib.redirect_stderr(io.StringIO()) as err, stdout_to_stderr():
+        ...     print("from a custom layer")
+        >>> err.getvalue()
+        'from a custom layer\\n'
+    """
+    with contextlib.redirect_stdout(sys.stderr), _descriptor_redirected(1, 2):
+        yield
+
+
+@contextlib.contextmanager
+def _descriptor_redirected(source: int, target: int) -> Iterator[None]:
+    """Point file descriptor ``source`` at ``target`` while the block runs (no-op when impossible)."""
+    for stream in (sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()  # type: ignore[union-attr]
+    try:
+        saved = os.dup(source)
+    except OSError:
+        yield
+        return
+    try:
+        os.dup2(target, source)
+        try:
+            yield
+        finally:
+            for stream in (sys.__stdout__, sys.__stderr__):
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    stream.flush()  # type: ignore[union-attr]
+            os.dup2(saved, source)
+    finally:
+        os.close(saved)
