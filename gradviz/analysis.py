@@ -151,11 +151,7 @@ class Report:
         """The JSON report as plain Python data (the documented contract)."""
         return {
             "model": self.model_name,
-            "losses": [
-                {"name": l.name, "loss": l.loss, "weight": l.weight, "value": _num(l.value), "output": l.output,
-                 "color": l.color}
-                for l in self.losses
-            ],
+            "losses": [loss_figures(l) for l in self.losses],
             "layers": [_layer_dict(info) for info in self.layers],
             "trunk": _layer_dict(self.trunk) if self.trunk else None,
             "variables": [
@@ -163,8 +159,8 @@ class Report:
                     "path": v.path,
                     "layer": v.layer,
                     "shape": list(v.shape),
-                    "grad_norm": {k: _num(x) for k, x in v.grad_norm.items()},
-                    "combined_grad_norm": _num(v.combined_grad_norm),
+                    "grad_norm": {k: json_number(x) for k, x in v.grad_norm.items()},
+                    "combined_grad_norm": json_number(v.combined_grad_norm),
                 }
                 for v in self.variables
             ],
@@ -182,8 +178,19 @@ class Report:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
 
-def _num(x: float | None) -> float | str | None:
-    """JSON-safe number: NaN and Inf become strings, since JSON has no such numbers."""
+def loss_figures(loss: LossInfo) -> dict[str, Any]:
+    """A loss as the JSON report lists it."""
+    return {"name": loss.name, "loss": loss.loss, "weight": loss.weight, "value": json_number(loss.value),
+            "output": loss.output, "color": loss.color}
+
+
+def json_number(x: float | None) -> float | str | None:
+    """JSON-safe number: NaN and Inf become strings, since JSON has no such numbers.
+
+    Example:
+        >>> json_number(float("nan")), json_number(1), json_number(None)
+        ('nan', 1.0, None)
+    """
     if x is None:
         return None
     if math.isnan(x) or math.isinf(x):
@@ -199,13 +206,22 @@ def _layer_dict(info: LayerInfo) -> dict[str, Any]:
         "parent": info.parent or None,
         "output_shape": info.output_shape,
         "trainable_params": info.trainable_params,
-        "grad_norm": {k: _num(x) for k, x in info.grad_norm.items()},
-        "combined_grad_norm": _num(info.combined_grad_norm),
+        "grad_norm": {k: json_number(x) for k, x in info.grad_norm.items()},
+        "combined_grad_norm": json_number(info.combined_grad_norm),
         "reached_by": list(info.reached_by),
         "status": info.status,
-        "share": {k: _num(x) for k, x in info.share.items()},
-        "cosine": [{"losses": list(p.losses), "value": _num(p.cosine)} for p in info.pairs],
-        "magnitude_similarity": [{"losses": list(p.losses), "value": _num(p.magnitude_similarity)} for p in info.pairs],
+        "share": {k: json_number(x) for k, x in info.share.items()},
+        **pair_figures(info),
+    }
+
+
+def pair_figures(info: LayerInfo) -> dict[str, Any]:
+    """A layer's loss-pair figures as JSON: ``cosine`` and ``magnitude_similarity`` lists."""
+    return {
+        "cosine": [{"losses": list(p.losses), "value": json_number(p.cosine)} for p in info.pairs],
+        "magnitude_similarity": [
+            {"losses": list(p.losses), "value": json_number(p.magnitude_similarity)} for p in info.pairs
+        ],
     }
 
 

@@ -353,12 +353,7 @@ def _losses_per_output(outputs: list[str], loss: Any) -> list[list[Any]]:
     if is_serialized_object(loss) and not set(map(str, loss)) <= set(outputs):
         return [[loss] for _ in outputs]  # one serialized Loss object: it applies to every output
     if isinstance(loss, dict):
-        unknown = sorted(set(map(str, loss)) - set(outputs))
-        if unknown:
-            raise LossSpecError(
-                f"the saved loss names {', '.join(map(repr, unknown))}, which are not outputs; "
-                f"outputs are: {', '.join(outputs)} (override with --loss OUTPUT=LOSS)"
-            )
+        _check_saved_names(loss, outputs, "the saved loss", "--loss OUTPUT=LOSS")
         return [[loss.get(name)] for name in outputs]
     if isinstance(loss, (list, tuple)):
         if len(loss) == n:
@@ -372,17 +367,21 @@ def _losses_per_output(outputs: list[str], loss: Any) -> list[list[Any]]:
     return [[loss] for _ in outputs]
 
 
+def _check_saved_names(mapping: dict[Any, Any], outputs: list[str], what: str, option: str) -> None:
+    unknown = sorted(set(map(str, mapping)) - set(outputs))
+    if unknown:
+        raise LossSpecError(
+            f"{what} names {', '.join(map(repr, unknown))}, which are not outputs; "
+            f"outputs are: {', '.join(outputs)} (override with {option})"
+        )
+
+
 def _weights_per_output(outputs: list[str], weights: Any, per_output: list[list[Any]]) -> list[float]:
     n = len(outputs)
     if weights is None:
         return [1.0] * n
     if isinstance(weights, dict):
-        unknown = sorted(set(map(str, weights)) - set(outputs))
-        if unknown:
-            raise LossSpecError(
-                f"the saved loss_weights name {', '.join(map(repr, unknown))}, which are not outputs; "
-                f"outputs are: {', '.join(outputs)}"
-            )
+        _check_saved_names(weights, outputs, "the saved loss_weights", "--loss-weight OUTPUT=W")
         values = [weights.get(name, 1.0) for name in outputs]
     elif isinstance(weights, (list, tuple)):
         flat = list(weights)

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from gradviz.analysis import Finding, LayerInfo, Report, analyze_stats
+from gradviz.analysis import Finding, LayerInfo, Report, analyze_stats, json_number, loss_figures, pair_figures
 from gradviz.errors import LossSpecError
 from gradviz.spec import parse_assignment, parse_weight
 
@@ -189,9 +189,9 @@ class Figures:
     def to_dict(self) -> dict[str, Any]:
         """JSON form (NaN/Inf as strings, as in the inspect report)."""
         return {
-            "combined_grad_norm": _num(self.combined_grad_norm),
-            "share": {k: _num(v) for k, v in self.share.items()},
-            "weighted_grad_norm": {k: _num(v) for k, v in self.weighted_grad_norm.items()},
+            "combined_grad_norm": json_number(self.combined_grad_norm),
+            "share": {k: json_number(v) for k, v in self.share.items()},
+            "weighted_grad_norm": {k: json_number(v) for k, v in self.weighted_grad_norm.items()},
         }
 
 
@@ -346,7 +346,7 @@ class Suggestion:
         return {
             "weights": self.weights,
             "reference_layer": self.reference_layer,
-            "balanced_grad_norm": _num(self.balanced_grad_norm),
+            "balanced_grad_norm": json_number(self.balanced_grad_norm),
             "unbalanced": dict(self.unbalanced),
             "notes": list(self.notes),
             "loss_weights": self.loss_weights_line,
@@ -543,21 +543,16 @@ class WhatIf:
         """
         trunk = self.base.trunk
         return {
-            "trunk": _pairs_dict(trunk) if trunk else None,
-            "layers": {info.name: _pairs_dict(info) for info in self.base.layers if info.status == "shared"},
+            "trunk": pair_figures(trunk) if trunk else None,
+            "layers": {info.name: pair_figures(info) for info in self.base.layers if info.status == "shared"},
             "findings": [_finding_dict(f) for f in self.base.findings if f.kind == "conflict"],
         }
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of ``gradviz weights`` (contract in the README)."""
-        colors = self.colors
         return {
             "model": self.base.model_name,
-            "losses": [
-                {"name": l.name, "loss": l.loss, "weight": l.weight, "value": _num(l.value), "output": l.output,
-                 "color": colors[l.name]}
-                for l in self.base.losses
-            ],
+            "losses": [loss_figures(l) for l in self.base.losses],
             "shared_layers": self.shared_layers,
             "conflict": self.conflict(),
             "scenarios": [s.to_dict() for s in self.scenarios],
@@ -622,27 +617,6 @@ def explore(
 
 
 # -- JSON helpers ---------------------------------------------------------------------------
-
-
-def _num(x: float | None) -> float | str | None:
-    """JSON-safe number: NaN and Inf become strings, as in the inspect report.
-
-    Example:
-        >>> _num(float("nan")), _num(1), _num(None)
-        ('nan', 1.0, None)
-    """
-    if x is None:
-        return None
-    if math.isnan(x) or math.isinf(x):
-        return str(x)
-    return float(x)
-
-
-def _pairs_dict(info: LayerInfo) -> dict[str, Any]:
-    return {
-        "cosine": [{"losses": list(p.losses), "value": _num(p.cosine)} for p in info.pairs],
-        "magnitude_similarity": [{"losses": list(p.losses), "value": _num(p.magnitude_similarity)} for p in info.pairs],
-    }
 
 
 def _finding_dict(f: Finding) -> dict[str, Any]:
