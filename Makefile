@@ -29,7 +29,8 @@ setup: $(STAMP) graphviz
 demo: setup
 	mkdir -p demo
 	$(VENV)/bin/gradviz inspect samples/shared_trunk.keras -o demo/shared_trunk.json -o demo/shared_trunk.svg -o demo/shared_trunk.html
-	@echo "demo report written to demo/" >&2
+	$(VENV)/bin/gradviz inspect samples/stop_gradient_head.keras -o demo/stop_gradient_head.svg -o demo/stop_gradient_head.html
+	@echo "demo reports and diagrams written to demo/ (open demo/shared_trunk.html)" >&2
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
