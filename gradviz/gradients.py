@@ -92,6 +92,8 @@ def compute(
 ) -> GradientStats:
     """Compute per-loss gradient statistics over ``data``.
 
+    A one-off :class:`GradientPass`: traced on the first batch, reused for the others.
+
     Args:
         model: the model; it is not modified.
         terms: the output loss terms (regularization is added when the model has any).
@@ -106,121 +108,196 @@ def compute(
         LossSpecError: a loss cannot be resolved or fails on the model's outputs.
         DataError: the data does not fit the model.
     """
-    import tensorflow as tf
+    gradient_pass = GradientPass(
+        model, terms, data, output_names, training=training, mode=mode, custom_objects=custom_objects
+    )
+    return gradient_pass.run(data, progress=progress)
 
-    if mode not in BATCH_MODES:
-        raise DataError(f"unknown batch mode {mode!r}; valid: {', '.join(BATCH_MODES)}")
-    terms = [t for t in terms if not t.is_regularization]
-    out_shapes = {name: _last_dim(t) for name, t in zip(output_names, output_tensors(model))}
-    loss_fns = []
-    for term in terms:
-        y = data.y[term.output or ""]
-        out_rank = len(_output_shape(model, output_names, term.output or ""))
-        loss_fns.append(
-            resolve_loss(term.identifier, out_shapes.get(term.output or ""), y.ndim < out_rank, custom_objects)
-        )
-    variables = list(model.trainable_variables)
-    state_variables = list(model.non_trainable_variables)
-    n_out = len(terms)
-    structure: dict[str, Any] = {}
 
-    def forward_backward(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any]:
-        weights = [tf.convert_to_tensor(v) for v in variables]
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(weights)
-            y_pred, new_state, extra = model.stateless_call(
-                weights, state, x if len(x) > 1 else x[0], training=training, return_losses=True
+class GradientPass:
+    """The compiled gradient pass of one model and loss spec, reusable over data.
+
+    Building it resolves the losses; the first :meth:`run` traces the compiled
+    functions, later runs (and every further batch) reuse them. Keeping one
+    around lets a caller (the benchmark, a notebook comparing data sets) pay
+    the trace once; :meth:`tracing_count` says how often it traced.
+
+    Args:
+        model: the model; it is not modified.
+        terms: the output loss terms (regularization is added when the model has any).
+        data: data shaped like what :meth:`run` will get (target ranks pick sparse losses).
+        output_names: the model's outputs, in order.
+        training: call the model with ``training=True`` (dropout, batch statistics).
+        mode: ``mean-gradient`` or ``per-batch`` (see module constants).
+        custom_objects: names for custom losses.
+
+    Raises:
+        LossSpecError: a loss cannot be resolved.
+        DataError: unknown mode.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        terms: Sequence[LossTerm],
+        data: Data,
+        output_names: Sequence[str],
+        *,
+        training: bool = True,
+        mode: str = MEAN_GRADIENT,
+        custom_objects: dict[str, Any] | None = None,
+    ) -> None:
+        import tensorflow as tf
+
+        if mode not in BATCH_MODES:
+            raise DataError(f"unknown batch mode {mode!r}; valid: {', '.join(BATCH_MODES)}")
+        self.model = model
+        self.mode = mode
+        self.terms = [t for t in terms if not t.is_regularization]
+        out_shapes = {name: _last_dim(t) for name, t in zip(output_names, output_tensors(model))}
+        loss_fns = []
+        for term in self.terms:
+            y = data.y[term.output or ""]
+            out_rank = len(_output_shape(model, output_names, term.output or ""))
+            loss_fns.append(
+                resolve_loss(term.identifier, out_shapes.get(term.output or ""), y.ndim < out_rank, custom_objects)
             )
-            named = model_outputs(model, output_names, y_pred)
-            values = [
-                tf.cast(fn(ys[term.output], named[term.output]), tf.float32) for term, fn in zip(terms, loss_fns)
-            ]
-            if extra:
-                values.append(tf.cast(tf.add_n([tf.reduce_sum(tf.cast(e, tf.float32)) for e in extra]), tf.float32))
-        grads = [tape.gradient(v, weights, unconnected_gradients=tf.UnconnectedGradients.NONE) for v in values]
-        del tape
-        # Which gradients exist is fixed by the graph: record it once, at trace time.
-        structure["regularization"] = bool(extra)
-        structure["exists"] = [[g is not None for g in per_loss] for per_loss in grads]
-        dense = [[None if g is None else tf.convert_to_tensor(g) for g in per_loss] for per_loss in grads]
-        return tf.stack(values), dense, new_state
+        #: the resolved loss objects, in term order (the benchmark's hand-written peers reuse them)
+        self.loss_fns = loss_fns
+        variables = list(model.trainable_variables)
+        self.state_variables = list(model.non_trainable_variables)
+        terms_ = self.terms
+        structure: dict[str, Any] = {}
+        self.structure = structure
 
-    def reduce_one(per_loss: list[Any]) -> tuple[Any, Any, Any]:
-        flat = tf.stack([tf.reshape(tf.cast(g, tf.float64), [-1]) for g in per_loss])
-        gram = tf.matmul(flat, flat, transpose_b=True)
-        return gram, tf.reduce_max(tf.abs(flat), axis=1), tf.reduce_all(tf.math.is_finite(flat), axis=1)
-
-    def reduce_all(dense: list[list[Any]]) -> list[Any]:
-        out = []
-        for v in range(len(variables)):
-            present = [dense[k][v] for k in range(len(dense)) if dense[k][v] is not None]
-            out.append(reduce_one(present) if present else None)
-        return out
-
-    @tf.function(reduce_retracing=True, autograph=False)
-    def step_stats(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any]:
-        values, dense, new_state = forward_backward(x, ys, state)
-        return values, reduce_all(dense), new_state
-
-    accumulators: list[list[Any]] = []
-
-    @tf.function(reduce_retracing=True, autograph=False)
-    def step_accumulate(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any]:
-        values, dense, new_state = forward_backward(x, ys, state)
-        if not accumulators:
-            with tf.init_scope():
-                for per_loss in dense:
-                    accumulators.append(
-                        [None if g is None else tf.Variable(tf.zeros(g.shape, tf.float32), trainable=False) for g in per_loss]
+        def forward_backward(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any]:
+            weights = [tf.convert_to_tensor(v) for v in variables]
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch(weights)
+                y_pred, new_state, extra = model.stateless_call(
+                    weights, state, x if len(x) > 1 else x[0], training=training, return_losses=True
+                )
+                named = model_outputs(model, output_names, y_pred)
+                values = [
+                    tf.cast(fn(ys[str(term.output)], named[str(term.output)]), tf.float32)
+                    for term, fn in zip(terms_, loss_fns)
+                ]
+                if extra:
+                    values.append(
+                        tf.cast(tf.add_n([tf.reduce_sum(tf.cast(e, tf.float32)) for e in extra]), tf.float32)
                     )
-        for acc_row, per_loss in zip(accumulators, dense):
-            for acc, g in zip(acc_row, per_loss):
-                if acc is not None:
-                    acc.assign_add(tf.cast(g, tf.float32))
-        return values, new_state
+            grads = [tape.gradient(v, weights, unconnected_gradients=tf.UnconnectedGradients.NONE) for v in values]
+            del tape
+            # Which gradients exist is fixed by the graph: record it once, at trace time.
+            structure["regularization"] = bool(extra)
+            structure["exists"] = [[g is not None for g in per_loss] for per_loss in grads]
+            dense = [[None if g is None else tf.convert_to_tensor(g) for g in per_loss] for per_loss in grads]
+            return tf.stack(values), dense, new_state
 
-    @tf.function(autograph=False)
-    def reduce_accumulated(scale: Any) -> list[Any]:
-        return reduce_all([[None if a is None else a * scale for a in row] for row in accumulators])
+        def reduce_one(per_loss: list[Any]) -> tuple[Any, Any, Any]:
+            flat = tf.stack([tf.reshape(tf.cast(g, tf.float64), [-1]) for g in per_loss])
+            gram = tf.matmul(flat, flat, transpose_b=True)
+            return gram, tf.reduce_max(tf.abs(flat), axis=1), tf.reduce_all(tf.math.is_finite(flat), axis=1)
 
-    state = [tf.convert_to_tensor(v) for v in state_variables]
-    accumulate = mode == MEAN_GRADIENT and data.batches > 1
-    loss_sum: np.ndarray | None = None
-    stat_sums: list[Any] | None = None
-    for b in range(data.batches):
-        xs, ys = data.batch(b)
-        x = [tf.convert_to_tensor(a) for a in xs]
-        y = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
-        try:
-            if accumulate:
-                values, state = step_accumulate(x, y, state)
-            else:
-                values, stats, state = step_stats(x, y, state)
-                stats_np = [None if s is None else tuple(t.numpy() for t in s) for s in stats]
-                stat_sums = stats_np if stat_sums is None else _add_stats(stat_sums, stats_np)
-        except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
-            raise _explain(e) from e
-        loss_sum = values.numpy().astype(np.float64) if loss_sum is None else loss_sum + values.numpy()
-        if progress is not None:
-            progress(b + 1, data.batches)
-    if accumulate:
-        stats = reduce_accumulated(tf.constant(1.0 / data.batches, tf.float32))
-        stat_sums = [None if s is None else tuple(t.numpy() for t in s) for s in stats]
-        divide = 1.0
-        for row in accumulators:
-            for acc in row:
-                if acc is not None:
-                    del acc
-        accumulators.clear()
-    else:
-        divide = float(data.batches)
-    names = tuple(t.name for t in terms) + ((REGULARIZATION,) if structure["regularization"] else ())
-    assert loss_sum is not None and stat_sums is not None
-    return _assemble(names, structure["exists"], stat_sums, loss_sum / data.batches, divide, data.batches, mode)
+        def reduce_all(dense: list[list[Any]]) -> list[Any]:
+            out = []
+            for v in range(len(variables)):
+                present = [dense[k][v] for k in range(len(dense)) if dense[k][v] is not None]
+                out.append(reduce_one(present) if present else None)
+            return out
+
+        @tf.function(reduce_retracing=True, autograph=False)
+        def step_stats(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any]:
+            values, dense, new_state = forward_backward(x, ys, state)
+            return values, reduce_all(dense), new_state
+
+        accumulators: list[list[Any]] = []
+        self.accumulators = accumulators
+
+        @tf.function(reduce_retracing=True, autograph=False)
+        def step_accumulate(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any]:
+            values, dense, new_state = forward_backward(x, ys, state)
+            if not accumulators:
+                with tf.init_scope():
+                    for per_loss in dense:
+                        accumulators.append(
+                            [None if g is None else tf.Variable(tf.zeros(g.shape, tf.float32), trainable=False)
+                             for g in per_loss]
+                        )
+            for acc_row, per_loss in zip(accumulators, dense):
+                for acc, g in zip(acc_row, per_loss):
+                    if acc is not None:
+                        acc.assign_add(tf.cast(g, tf.float32))
+            return values, new_state
+
+        @tf.function(autograph=False)
+        def reduce_accumulated(scale: Any) -> list[Any]:
+            return reduce_all([[None if a is None else a * scale for a in row] for row in accumulators])
+
+        self.step_stats = step_stats
+        self.step_accumulate = step_accumulate
+        self.reduce_accumulated = reduce_accumulated
+
+    def tracing_count(self) -> int:
+        """How many times the compiled functions have been traced, all together."""
+        return sum(
+            int(fn.experimental_get_tracing_count())
+            for fn in (self.step_stats, self.step_accumulate, self.reduce_accumulated)
+        )
+
+    def run(self, data: Data, progress: Progress | None = None) -> GradientStats:
+        """Stream ``data`` through the compiled pass and reduce it to statistics.
+
+        Args:
+            data: the batches (shaped like the data the pass was built with).
+            progress: called with ``(batches done, batches)``.
+
+        Raises:
+            LossSpecError: a loss fails on the model's outputs.
+            DataError: the data does not fit the model.
+        """
+        import tensorflow as tf
+
+        state = [tf.convert_to_tensor(v) for v in self.state_variables]
+        accumulate = self.mode == MEAN_GRADIENT and data.batches > 1
+        if accumulate:  # a reused pass: start the sums afresh
+            for row in self.accumulators:
+                for acc in row:
+                    if acc is not None:
+                        acc.assign(tf.zeros_like(acc))
+        loss_sum: np.ndarray | None = None
+        stat_sums: list[Any] | None = None
+        for b in range(data.batches):
+            xs, ys = data.batch(b)
+            x = [tf.convert_to_tensor(a) for a in xs]
+            y = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
+            try:
+                if accumulate:
+                    values, state = self.step_accumulate(x, y, state)
+                else:
+                    values, stats, state = self.step_stats(x, y, state)
+                    stats_np = [None if s is None else tuple(t.numpy() for t in s) for s in stats]
+                    stat_sums = stats_np if stat_sums is None else _add_stats(stat_sums, stats_np)
+            except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
+                raise _explain(e) from e
+            loss_sum = values.numpy().astype(np.float64) if loss_sum is None else loss_sum + values.numpy()
+            if progress is not None:
+                progress(b + 1, data.batches)
+        if accumulate:
+            stats = self.reduce_accumulated(tf.constant(1.0 / data.batches, tf.float32))
+            stat_sums = [None if s is None else tuple(t.numpy() for t in s) for s in stats]
+            divide = 1.0
+        else:
+            divide = float(data.batches)
+        names = tuple(t.name for t in self.terms) + ((REGULARIZATION,) if self.structure["regularization"] else ())
+        assert loss_sum is not None and stat_sums is not None
+        return _assemble(
+            names, self.structure["exists"], stat_sums, loss_sum / data.batches, divide, data.batches, self.mode
+        )
 
 
 def _add_stats(a: list[Any], b: list[Any]) -> list[Any]:
-    out = []
+    out: list[Any] = []
     for sa, sb in zip(a, b):
         if sa is None:
             out.append(None)
