@@ -117,7 +117,10 @@ class Report:
     """The analysis of one model under one weighting.
 
     ``graph`` is the networkx graph (layers, operations and one node per loss,
-    named ``loss:<name>``) with every figure as node attributes.
+    named ``loss:<name>``) with every figure as node attributes. ``timings`` is
+    seconds per stage: ``load``, ``graph``, ``gradients`` (the whole gradient
+    pass, first-call trace included), ``analysis`` and ``total``; stages run
+    afterwards (``render``) are added with :meth:`add_timing`.
     """
 
     model_name: str
@@ -133,6 +136,21 @@ class Report:
     stats: GradientStats | None = field(default=None, repr=False)
     topology: Topology | None = field(default=None, repr=False)
     spec: LossSpec | None = field(default=None, repr=False)
+
+    def add_timing(self, stage: str, seconds: float) -> None:
+        """Record a stage run after :func:`gradviz.analyze` (``render`` when diagrams are written).
+
+        ``total`` grows by the same amount, so it stays the wall time of everything timed.
+
+        Example:
+            >>> import networkx as nx
+            >>> r = Report("m", [], [], [], [], [], nx.DiGraph(), None, timings={"load": 1.0, "total": 2.0})
+            >>> r.add_timing("render", 0.5)
+            >>> r.timings
+            {'load': 1.0, 'total': 2.5, 'render': 0.5}
+        """
+        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+        self.timings["total"] = self.timings.get("total", 0.0) + seconds
 
     def layer(self, name: str) -> LayerInfo:
         """The layer called ``name``."""
@@ -355,7 +373,7 @@ def _layer_info(
             {}, None, (), "no-trainable-weights", {}, (), node.get("output_shape", ""),
         )
     gram = stats.gram[var_ids].sum(axis=0)
-    exists = stats.exists[var_ids].any(axis=0)
+    exists: np.ndarray = np.asarray(stats.exists[var_ids].any(axis=0))
     max_abs = stats.max_abs[var_ids].max(axis=0)
     grad_norm = {n: (_sqrt(gram[k, k]) if exists[k] else None) for k, n in enumerate(names)}
     reached = tuple(names[k] for k in output_losses if exists[k] and max_abs[k] > 0)

@@ -165,6 +165,7 @@ class GradientPass:
         #: the resolved loss objects, in term order (the benchmark's hand-written peers reuse them)
         self.loss_fns = loss_fns
         variables = list(model.trainable_variables)
+        self.variables = variables
         self.state_variables = list(model.non_trainable_variables)
         terms_ = self.terms
         structure: dict[str, Any] = {}
@@ -199,12 +200,21 @@ class GradientPass:
             gram = tf.matmul(flat, flat, transpose_b=True)
             return gram, tf.reduce_max(tf.abs(flat), axis=1), tf.reduce_all(tf.math.is_finite(flat), axis=1)
 
-        def reduce_all(dense: list[list[Any]]) -> list[Any]:
-            out = []
+        def reduce_all(dense: list[list[Any]]) -> tuple[Any, Any, Any]:
+            # Packed into three flat tensors (Gram entries, max-abs, finiteness of every
+            # variable with a gradient, in variable order): three fetches per batch instead
+            # of three per variable, which dominated small models' pass (see _unpack).
+            grams, maxes, finites = [], [], []
             for v in range(len(variables)):
                 present = [dense[k][v] for k in range(len(dense)) if dense[k][v] is not None]
-                out.append(reduce_one(present) if present else None)
-            return out
+                if present:
+                    gram, max_abs, finite = reduce_one(present)
+                    grams.append(tf.reshape(gram, [-1]))
+                    maxes.append(max_abs)
+                    finites.append(finite)
+            if not grams:
+                return tf.zeros([0], tf.float64), tf.zeros([0], tf.float64), tf.zeros([0], tf.bool)
+            return tf.concat(grams, 0), tf.concat(maxes, 0), tf.concat(finites, 0)
 
         @tf.function(reduce_retracing=True, autograph=False)
         def step_stats(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any]:
@@ -217,26 +227,43 @@ class GradientPass:
         @tf.function(reduce_retracing=True, autograph=False)
         def step_accumulate(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any]:
             values, dense, new_state = forward_backward(x, ys, state)
-            if not accumulators:
+            # The sums exist before the first call (see run()): a tf.function that creates
+            # variables traces twice, and the trace of a big model costs more than its pass.
+            # Only a loss nobody could foresee (add_loss inside call) still creates its row here.
+            while len(accumulators) < len(dense):
                 with tf.init_scope():
-                    for per_loss in dense:
-                        accumulators.append(
-                            [None if g is None else tf.Variable(tf.zeros(g.shape, tf.float32), trainable=False)
-                             for g in per_loss]
-                        )
+                    accumulators.append(
+                        [None if g is None else tf.Variable(tf.zeros(g.shape, tf.float32), trainable=False)
+                         for g in dense[len(accumulators)]]
+                    )
             for acc_row, per_loss in zip(accumulators, dense):
                 for acc, g in zip(acc_row, per_loss):
-                    if acc is not None:
+                    if acc is not None and g is not None:
                         acc.assign_add(tf.cast(g, tf.float32))
             return values, new_state
 
         @tf.function(autograph=False)
-        def reduce_accumulated(scale: Any) -> list[Any]:
-            return reduce_all([[None if a is None else a * scale for a in row] for row in accumulators])
+        def reduce_accumulated(scale: Any) -> tuple[Any, Any, Any]:
+            packed = reduce_all([[None if a is None else a * scale for a in row] for row in accumulators])
+            # Leave the sums at zero for the next run, in the same call (no eager op per variable).
+            with tf.control_dependencies(packed):
+                for row in accumulators:
+                    for acc in row:
+                        if acc is not None:
+                            acc.assign(tf.zeros_like(acc))
+            return packed
 
+        self._dirty = False
         self.step_stats = step_stats
         self.step_accumulate = step_accumulate
         self.reduce_accumulated = reduce_accumulated
+
+    def _has_weight_losses(self) -> bool:
+        """Whether the model has regularization losses before any call (weight regularizers)."""
+        try:
+            return bool(self.model.losses)
+        except Exception:  # a model that cannot tell before a call: the trace creates that row
+            return False
 
     def tracing_count(self) -> int:
         """How many times the compiled functions have been traced, all together."""
@@ -260,13 +287,23 @@ class GradientPass:
 
         state = [tf.convert_to_tensor(v) for v in self.state_variables]
         accumulate = self.mode == MEAN_GRADIENT and data.batches > 1
-        if accumulate:  # a reused pass: start the sums afresh
+        if accumulate and self._dirty:  # an earlier run stopped half-way: its sums are still there
             for row in self.accumulators:
                 for acc in row:
                     if acc is not None:
                         acc.assign(tf.zeros_like(acc))
+        first_trace = accumulate and not self.accumulators
+        if first_trace:
+            # One float32 sum per loss and variable, before tracing (one trace instead of two);
+            # the sums of gradients that turn out not to exist are dropped after the trace.
+            rows = len(self.terms) + (1 if self._has_weight_losses() else 0)
+            self.accumulators.extend(
+                [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.variables]
+                for _ in range(rows)
+            )
+        self._dirty = accumulate
         loss_sum: np.ndarray | None = None
-        stat_sums: list[Any] | None = None
+        stat_sums: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         for b in range(data.batches):
             xs, ys = data.batch(b)
             x = [tf.convert_to_tensor(a) for a in xs]
@@ -275,34 +312,59 @@ class GradientPass:
                 if accumulate:
                     values, state = self.step_accumulate(x, y, state)
                 else:
-                    values, stats, state = self.step_stats(x, y, state)
-                    stats_np = [None if s is None else tuple(t.numpy() for t in s) for s in stats]
-                    stat_sums = stats_np if stat_sums is None else _add_stats(stat_sums, stats_np)
+                    values, packed, state = self.step_stats(x, y, state)
+                    gram, max_abs, finite = (t.numpy() for t in packed)
+                    if stat_sums is None:
+                        stat_sums = (gram, max_abs, finite)
+                    else:
+                        stat_sums = (stat_sums[0] + gram, np.maximum(stat_sums[1], max_abs), stat_sums[2] & finite)
             except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
                 raise _explain(e) from e
+            if first_trace:  # the graph now says which gradients exist: free the other sums
+                first_trace = False
+                exists = self.structure["exists"]
+                del self.accumulators[len(exists):]
+                for row, present in zip(self.accumulators, exists):
+                    row[:] = [acc if here else None for acc, here in zip(row, present)]
             loss_sum = values.numpy().astype(np.float64) if loss_sum is None else loss_sum + values.numpy()
             if progress is not None:
                 progress(b + 1, data.batches)
         if accumulate:
-            stats = self.reduce_accumulated(tf.constant(1.0 / data.batches, tf.float32))
-            stat_sums = [None if s is None else tuple(t.numpy() for t in s) for s in stats]
+            packed = self.reduce_accumulated(tf.constant(1.0 / data.batches, tf.float32))
+            gram, max_abs, finite = (t.numpy() for t in packed)
+            stat_sums = (gram, max_abs, finite)
+            self._dirty = False
             divide = 1.0
         else:
             divide = float(data.batches)
         names = tuple(t.name for t in self.terms) + ((REGULARIZATION,) if self.structure["regularization"] else ())
         assert loss_sum is not None and stat_sums is not None
+        exists = self.structure["exists"]
         return _assemble(
-            names, self.structure["exists"], stat_sums, loss_sum / data.batches, divide, data.batches, self.mode
+            names, exists, _unpack(stat_sums, exists), loss_sum / data.batches, divide, data.batches, self.mode
         )
 
 
-def _add_stats(a: list[Any], b: list[Any]) -> list[Any]:
+def _unpack(packed: tuple[np.ndarray, np.ndarray, np.ndarray], exists_by_loss: list[list[bool]]) -> list[Any]:
+    """Split the packed statistics into one ``(gram, max_abs, finite)`` per variable (None: no gradient).
+
+    Example:
+        >>> packed = (np.arange(5.0), np.array([7.0, 8.0, 9.0]), np.array([True, True, False]))
+        >>> _unpack(packed, [[True, False, True], [False, False, True]])[1:]
+        [None, (array([[1., 2.],
+               [3., 4.]]), array([8., 9.]), array([ True, False]))]
+    """
+    gram, max_abs, finite = packed
     out: list[Any] = []
-    for sa, sb in zip(a, b):
-        if sa is None:
+    g = m = 0
+    for v in range(len(exists_by_loss[0]) if exists_by_loss else 0):
+        p = sum(1 for per_loss in exists_by_loss if per_loss[v])
+        if not p:
             out.append(None)
-        else:
-            out.append((sa[0] + sb[0], np.maximum(sa[1], sb[1]), sa[2] & sb[2]))
+            continue
+        out.append((gram[g:g + p * p].reshape(p, p), max_abs[m:m + p], finite[m:m + p]))
+        g += p * p
+        m += p
     return out
 
 
