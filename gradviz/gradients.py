@@ -38,6 +38,9 @@ BATCH_MODES = (MEAN_GRADIENT, PER_BATCH)
 
 Progress = Callable[[int, int], None]
 
+#: entries per float32 block of the Gram products of large variables (summed in float64)
+GRAM_CHUNK = 1 << 16
+
 
 @dataclass(frozen=True)
 class GradientStats:
@@ -196,9 +199,28 @@ class GradientPass:
             return tf.stack(values), dense, new_state
 
         def reduce_one(per_loss: list[Any]) -> tuple[Any, Any, Any]:
-            flat = tf.stack([tf.reshape(tf.cast(g, tf.float64), [-1]) for g in per_loss])
-            gram = tf.matmul(flat, flat, transpose_b=True)
-            return gram, tf.reduce_max(tf.abs(flat), axis=1), tf.reduce_all(tf.math.is_finite(flat), axis=1)
+            size = int(np.prod(per_loss[0].shape))
+            chunks = size // GRAM_CHUNK
+            if chunks < 2 or per_loss[0].dtype == tf.float64:  # small: products and sums in float64
+                flat = tf.stack([tf.reshape(tf.cast(g, tf.float64), [-1]) for g in per_loss])
+                gram = tf.matmul(flat, flat, transpose_b=True)
+                return gram, tf.reduce_max(tf.abs(flat), axis=1), tf.reduce_all(tf.math.is_finite(flat), axis=1)
+            # Large: float64 copies of K gradients cost more than the backward passes of big
+            # models. float32 matrix products over chunks of GRAM_CHUNK entries, summed in
+            # float64, stay within ~1e-7 of the float64 Gram (a plain float32 product over
+            # millions of entries drifts to ~1e-4).
+            flats = [tf.reshape(tf.cast(g, tf.float32), [-1]) for g in per_loss]
+            head = chunks * GRAM_CHUNK
+            blocks = tf.stack([tf.reshape(f[:head], [chunks, GRAM_CHUNK]) for f in flats], axis=1)  # (c, K, m)
+            gram = tf.reduce_sum(tf.cast(tf.matmul(blocks, blocks, transpose_b=True), tf.float64), axis=0)
+            max_abs = tf.reduce_max(tf.abs(blocks), axis=[0, 2])
+            finite = tf.reduce_all(tf.math.is_finite(blocks), axis=[0, 2])
+            if head < size:
+                tail = tf.cast(tf.stack([f[head:] for f in flats]), tf.float64)
+                gram += tf.matmul(tail, tail, transpose_b=True)
+                max_abs = tf.maximum(max_abs, tf.cast(tf.reduce_max(tf.abs(tail), axis=1), tf.float32))
+                finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(tail), axis=1))
+            return gram, tf.cast(max_abs, tf.float64), finite
 
         def reduce_all(dense: list[list[Any]]) -> tuple[Any, Any, Any]:
             # Packed into three flat tensors (Gram entries, max-abs, finiteness of every
@@ -243,8 +265,9 @@ class GradientPass:
             return values, new_state
 
         @tf.function(autograph=False)
-        def reduce_accumulated(scale: Any) -> tuple[Any, Any, Any]:
-            packed = reduce_all([[None if a is None else a * scale for a in row] for row in accumulators])
+        def reduce_accumulated() -> tuple[Any, Any, Any]:
+            # Statistics of the sums; run() scales them to the mean (saves a pass over K copies).
+            packed = reduce_all([[None if a is None else a.read_value() for a in row] for row in accumulators])
             # Leave the sums at zero for the next run, in the same call (no eager op per variable).
             with tf.control_dependencies(packed):
                 for row in accumulators:
@@ -330,9 +353,10 @@ class GradientPass:
             if progress is not None:
                 progress(b + 1, data.batches)
         if accumulate:
-            packed = self.reduce_accumulated(tf.constant(1.0 / data.batches, tf.float32))
+            packed = self.reduce_accumulated()
             gram, max_abs, finite = (t.numpy() for t in packed)
-            stat_sums = (gram, max_abs, finite)
+            # Gram and max-abs of the mean gradient = those of the sum, scaled by 1/N^2 and 1/N.
+            stat_sums = (gram / data.batches**2, max_abs / data.batches, finite)
             self._dirty = False
             divide = 1.0
         else:

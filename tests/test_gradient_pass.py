@@ -144,3 +144,43 @@ def test_mean_of_identical_batches_is_one_batch_with_regularization(regularizer:
         np.testing.assert_allclose(stats.gram, expected.gram, rtol=1e-5, atol=1e-10)
         np.testing.assert_array_equal(stats.exists, expected.exists)
     assert gradient_pass.tracing_count() == (2 if regularizer == "kernel" else 3)
+
+
+def _wide_model(nan_weight: bool = False) -> Any:
+    """Variables larger than two Gram chunks (with a remainder), so the chunked float32 products run."""
+    import keras
+    from keras import layers
+
+    from gradviz.gradients import GRAM_CHUNK
+
+    keras.utils.set_random_seed(1)
+    x = keras.Input((300,), name="features")
+    h = layers.Dense(500, activation="tanh", name="wide")(x)
+    model = keras.Model(x, [layers.Dense(1, name="C")(h), layers.Dense(3, activation="softmax", name="D")(h)])
+    model.compile(loss=["mse", "categorical_crossentropy"])
+    assert 300 * 500 > 2 * GRAM_CHUNK and (300 * 500) % GRAM_CHUNK
+    if nan_weight:
+        kernel = model.get_layer("C").kernel
+        kernel.assign(np.where(np.arange(500)[:, None] == 7, np.nan, kernel.numpy()))
+    return model
+
+
+def test_chunked_gram_of_large_variables_matches_float64() -> None:
+    model = _wide_model()
+    terms, outputs, data = _prepare(model, batch_size=32, batches=1)
+    stats = compute(model, terms, data, outputs, training=False)
+    gradient_pass = GradientPass(model, terms, data, outputs, training=False)
+    x, ys = data.batch(0)
+    grads = _separate_gradients(model, terms, outputs, gradient_pass.loss_fns, x, ys, training=False)
+    np.testing.assert_allclose(stats.gram, _gram(grads), rtol=1e-6, atol=1e-12)
+    expected_max = np.array([[np.abs(grads[k][v]).max() for k in range(len(terms))] for v in range(len(grads[0]))])
+    np.testing.assert_allclose(stats.max_abs, expected_max, rtol=1e-6)
+    assert stats.finite.all()
+
+
+def test_chunked_gram_flags_non_finite_gradients() -> None:
+    model = _wide_model(nan_weight=True)
+    terms, outputs, data = _prepare(model, batch_size=8, batches=1)
+    stats = compute(model, terms, data, outputs, training=False)
+    wide = [i for i, v in enumerate(model.trainable_variables) if "wide" in v.path and "kernel" in v.path][0]
+    assert not stats.finite[wide, 0]  # loss C is NaN: so is its gradient at the big kernel
