@@ -40,5 +40,11 @@ lint: setup
 samples: setup
 	$(PY) samples/make_samples.py
 
+# Benchmark against hand-written GradientTape loops; rewrites benchmarks/RESULTS.md
+# (~15-20 min on 2 cores). BENCH_ARGS=--quick for a tiny run.
+BENCH_ARGS ?=
+bench: setup
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) demo build *.egg-info

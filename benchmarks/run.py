@@ -159,8 +159,7 @@ def child_memory(model: str, method: str, batch_size: int) -> dict[str, Any]:
     """In a fresh process: peak RSS increase of one warm pass of ``method`` over one batch."""
     prepared = Prepared(model, batch_size, 1)
     fn = prepared.method(method)
-    fn()  # trace and first run: compiled code, caches and allocator pools are now in place
-    fn()
+    fn()  # trace and first run: compiled code and caches are now in place
     gc.collect()
     baseline = _rss_mb()
     peak = baseline
@@ -395,8 +394,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## Peak memory (one batch)",
         "",
-        "Each method in a fresh interpreter: build the model and data, run the pass twice (trace, warm-up), then "
-        "sample the process's RSS (`/proc/self/statm`, every 0.5 ms from a thread) during a third pass. Reported: "
+        "Each method in a fresh interpreter: build the model and data, run the pass once (trace, warm-up), then "
+        "sample the process's RSS (`/proc/self/statm`, every 0.5 ms from a thread) during a second pass. Reported: "
         "peak RSS during that pass minus RSS just before it, i.e. the memory the pass itself needs on top of the "
         "loaded model, data and compiled function. glibc's mmap/trim thresholds are fixed (`MALLOC_MMAP_THRESHOLD_`, "
         "`MALLOC_TRIM_THRESHOLD_`) so freed tensors leave RSS. Increases below "

@@ -213,13 +213,19 @@ class GradientPass:
             head = chunks * GRAM_CHUNK
             blocks = tf.stack([tf.reshape(f[:head], [chunks, GRAM_CHUNK]) for f in flats], axis=1)  # (c, K, m)
             gram = tf.reduce_sum(tf.cast(tf.matmul(blocks, blocks, transpose_b=True), tf.float64), axis=0)
-            max_abs = tf.reduce_max(tf.abs(blocks), axis=[0, 2])
-            finite = tf.reduce_all(tf.math.is_finite(blocks), axis=[0, 2])
             if head < size:
                 tail = tf.cast(tf.stack([f[head:] for f in flats]), tf.float64)
                 gram += tf.matmul(tail, tail, transpose_b=True)
-                max_abs = tf.maximum(max_abs, tf.cast(tf.reduce_max(tf.abs(tail), axis=1), tf.float32))
-                finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(tail), axis=1))
+            max_abs = tf.stack([tf.reduce_max(tf.abs(f)) for f in flats])
+            # A NaN or infinite entry makes the sum of squares non-finite, so a finite diagonal
+            # proves the gradient finite without another pass; only a non-finite one (or a
+            # float32 overflow of the squares) is checked entry by entry.
+            diagonal = tf.linalg.diag_part(gram)
+            finite = tf.stack([
+                tf.cond(tf.math.is_finite(diagonal[k]), lambda: tf.constant(True),
+                        lambda f=f: tf.reduce_all(tf.math.is_finite(f)))
+                for k, f in enumerate(flats)
+            ])
             return gram, tf.cast(max_abs, tf.float64), finite
 
         def reduce_all(dense: list[list[Any]]) -> tuple[Any, Any, Any]:
