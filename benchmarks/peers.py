@@ -77,12 +77,19 @@ def build_peers(model: Any, outputs: Sequence[str], heads: Sequence[str], loss_f
     return {"floor": floor, "naive": naive, "joint": joint}
 
 
-def run_peer(peer: Peer, batches: Sequence[tuple[list[Any], dict[str, Any]]]) -> Any:
-    """Run a peer over every batch (as tensors) and fetch the result, as gradviz does."""
+def run_peer(peer: Peer, data: Any) -> Any:
+    """Run a peer over every batch of a ``gradviz.data.Data`` and fetch the result, as gradviz does.
+
+    Batches are sliced from the NumPy arrays and converted per call, as gradviz's pass does too.
+    """
     import numpy as np
+    import tensorflow as tf
 
     total = None
-    for x, ys in batches:
-        out = peer(x, ys).numpy()
+    for b in range(data.batches):
+        xs, ys = data.batch(b)
+        x = [tf.convert_to_tensor(a) for a in xs]
+        y = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
+        out = peer(x, y).numpy()
         total = out if total is None else total + out
     return np.asarray(total)

@@ -59,8 +59,6 @@ class Prepared:
     """A model with everything gradviz and the peers need to run on it."""
 
     def __init__(self, name: str, batch_size: int, batches: int) -> None:
-        import tensorflow as tf
-
         from gradviz import api, loading, topology
         from gradviz import data as data_mod
         from gradviz.gradients import GradientPass
@@ -80,10 +78,6 @@ class Prepared:
         self.peers = peers.build_peers(
             self.model, self.outputs, [str(t.output) for t in self.terms], self.gradient_pass.loss_fns
         )
-        self.batches = []
-        for b in range(batches):
-            xs, ys = self.data.batch(b)
-            self.batches.append(([tf.convert_to_tensor(a) for a in xs], {k: tf.convert_to_tensor(v) for k, v in ys.items()}))
         self.params = int(sum(int(v.numpy().size) for v in self.model.trainable_variables))
 
     def method(self, name: str) -> Callable[[], Any]:
@@ -91,7 +85,20 @@ class Prepared:
         if name == "gradviz":
             return lambda: self.gradient_pass.run(self.data)
         peer = self.peers[name]
-        return lambda: peers.run_peer(peer, self.batches)
+        return lambda: peers.run_peer(peer, self.data)
+
+    def trace(self, name: str) -> None:
+        """Trace method ``name`` on the first batch without running it."""
+        import tensorflow as tf
+
+        xs, ys = self.data.batch(0)
+        x = [tf.convert_to_tensor(a) for a in xs]
+        y = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
+        if name == "gradviz":
+            state = [tf.convert_to_tensor(v) for v in self.gradient_pass.state_variables]
+            self.gradient_pass.step_stats.get_concrete_function(x, y, state)
+        else:
+            self.peers[name].get_concrete_function(x, y)
 
     def cold_gradviz(self) -> Any:
         """``gradviz.gradients.compute`` from scratch (builds and traces a new pass)."""
@@ -159,7 +166,9 @@ def child_memory(model: str, method: str, batch_size: int) -> dict[str, Any]:
     """In a fresh process: peak RSS increase of one warm pass of ``method`` over one batch."""
     prepared = Prepared(model, batch_size, 1)
     fn = prepared.method(method)
-    fn()  # trace and first run: compiled code and caches are now in place
+    # Traced but never run: TensorFlow's CPU allocator (oneDNN's) keeps freed blocks in a
+    # pool, so only a first run shows what a pass needs; the trace's memory is in the baseline.
+    prepared.trace(method)
     gc.collect()
     baseline = _rss_mb()
     peak = baseline
@@ -365,7 +374,8 @@ def markdown(results: dict[str, Any]) -> str:
         "**floor**: one compiled forward under a persistent tape + one `tape.gradient` per loss, returning each "
         "loss's squared gradient norm. **naive**: a compiled forward + backward pass per loss. **joint**: compiled "
         "`tape.jacobian` of the stacked losses (pfor). Peers call `model(x, training=True)`; gradviz calls "
-        "`model.stateless_call(..., training=True)`. Synthetic data (seed 0), `tf.function` without XLA.",
+        "`model.stateless_call(..., training=True)`. Synthetic data (seed 0) as NumPy arrays, sliced and converted per "
+        "batch by every method; `tf.function` without XLA.",
         "",
         "| model | K | params | batch x batches | repeats | gradviz s | floor s | naive s | joint s "
         "| gradviz / floor | naive / gradviz | joint / floor |",
@@ -394,11 +404,12 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## Peak memory (one batch)",
         "",
-        "Each method in a fresh interpreter: build the model and data, run the pass once (trace, warm-up), then "
-        "sample the process's RSS (`/proc/self/statm`, every 0.5 ms from a thread) during a second pass. Reported: "
-        "peak RSS during that pass minus RSS just before it, i.e. the memory the pass itself needs on top of the "
-        "loaded model, data and compiled function. glibc's mmap/trim thresholds are fixed (`MALLOC_MMAP_THRESHOLD_`, "
-        "`MALLOC_TRIM_THRESHOLD_`) so freed tensors leave RSS. Increases below "
+        "Each method in a fresh interpreter: build the model and data, trace the compiled function without running "
+        "it (`get_concrete_function`), then sample the process's RSS (`/proc/self/statm`, every 0.5 ms from a "
+        "thread) during its first run on one batch. Reported: peak RSS during that run minus RSS just before it, "
+        "i.e. what the pass itself needs on top of the loaded model, data and traced graph (TensorFlow's CPU "
+        "allocator keeps freed blocks pooled, so a second run would show almost nothing). glibc's mmap/trim "
+        "thresholds are fixed (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`). Increases below "
         f"{MEMORY_NOISE_MB:.0f} MB are noise and not judged.",
         "",
         "| model | batch | gradviz MB | floor MB | naive MB | joint MB | gradviz / floor |",
