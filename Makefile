@@ -45,5 +45,11 @@ samples: setup
 docs: setup
 	$(VENV)/bin/gradviz inspect samples/shared_trunk.keras --show-norms -o docs/shared_trunk.png
 
+# Benchmark against hand-written GradientTape loops; rewrites benchmarks/RESULTS.md
+# (~15-20 min on 2 cores). BENCH_ARGS=--quick for a tiny run.
+BENCH_ARGS ?=
+bench: setup
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) demo build *.egg-info

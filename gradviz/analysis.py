@@ -119,7 +119,10 @@ class Report:
     """The analysis of one model under one weighting.
 
     ``graph`` is the networkx graph (layers, operations and one node per loss,
-    named ``loss:<name>``) with every figure as node attributes.
+    named ``loss:<name>``) with every figure as node attributes. ``timings`` is
+    seconds per stage: ``load``, ``graph``, ``gradients`` (the whole gradient
+    pass, first-call trace included), ``analysis`` and ``total``; stages run
+    afterwards (``render``) are added with :meth:`add_timing`.
     """
 
     model_name: str
@@ -135,6 +138,21 @@ class Report:
     stats: GradientStats | None = field(default=None, repr=False)
     topology: Topology | None = field(default=None, repr=False)
     spec: LossSpec | None = field(default=None, repr=False)
+
+    def add_timing(self, stage: str, seconds: float) -> None:
+        """Record a stage run after :func:`gradviz.analyze` (``render`` when diagrams are written).
+
+        ``total`` grows by the same amount, so it stays the wall time of everything timed.
+
+        Example:
+            >>> import networkx as nx
+            >>> r = Report("m", [], [], [], [], [], nx.DiGraph(), None, timings={"load": 1.0, "total": 2.0})
+            >>> r.add_timing("render", 0.5)
+            >>> r.timings
+            {'load': 1.0, 'total': 2.5, 'render': 0.5}
+        """
+        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+        self.timings["total"] = self.timings.get("total", 0.0) + seconds
 
     def layer(self, name: str) -> LayerInfo:
         """The layer called ``name``."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from typing import Any, Callable, NoReturn, TypeVar
 
 import click
@@ -221,8 +222,13 @@ def inspect(model: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None
     formats = [output.prepare(path, fmt) for path in outputs]  # fail before the (slow) analysis
     _note_html_without_dot(formats)
     report = run_analysis(model, **kwargs)
-    for path in outputs:
+    # Diagrams (every format but JSON) first, timed as the "render" stage, so that
+    # JSON written after them carries that time in "timings" (total included).
+    for path, name in sorted(zip(outputs, formats), key=lambda target: target[1] == "json"):
+        start = time.perf_counter()
         written = output.write(report, path, fmt, options)
+        if name != "json":
+            report.add_timing("render", time.perf_counter() - start)
         click.echo(f"wrote {written}", err=True)
     if as_json:
         click.echo(report.to_json())

@@ -38,6 +38,9 @@ BATCH_MODES = (MEAN_GRADIENT, PER_BATCH)
 
 Progress = Callable[[int, int], None]
 
+#: entries per float32 block of the Gram products of large variables (summed in float64)
+GRAM_CHUNK = 1 << 16
+
 
 @dataclass(frozen=True)
 class GradientStats:
@@ -92,6 +95,8 @@ def compute(
 ) -> GradientStats:
     """Compute per-loss gradient statistics over ``data``.
 
+    A one-off :class:`GradientPass`: traced on the first batch, reused for the others.
+
     Args:
         model: the model; it is not modified.
         terms: the output loss terms (regularization is added when the model has any).
@@ -106,127 +111,290 @@ def compute(
         LossSpecError: a loss cannot be resolved or fails on the model's outputs.
         DataError: the data does not fit the model.
     """
-    import tensorflow as tf
+    gradient_pass = GradientPass(
+        model, terms, data, output_names, training=training, mode=mode, custom_objects=custom_objects
+    )
+    return gradient_pass.run(data, progress=progress)
 
-    if mode not in BATCH_MODES:
-        raise DataError(f"unknown batch mode {mode!r}; valid: {', '.join(BATCH_MODES)}")
-    terms = [t for t in terms if not t.is_regularization]
-    out_shapes = {name: _last_dim(t) for name, t in zip(output_names, output_tensors(model))}
-    loss_fns = []
-    for term in terms:
-        y = data.y[term.output or ""]
-        out_rank = len(_output_shape(model, output_names, term.output or ""))
-        loss_fns.append(
-            resolve_loss(term.identifier, out_shapes.get(term.output or ""), y.ndim < out_rank, custom_objects)
-        )
-    variables = list(model.trainable_variables)
-    state_variables = list(model.non_trainable_variables)
-    n_out = len(terms)
-    structure: dict[str, Any] = {}
 
-    def forward_backward(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any]:
-        weights = [tf.convert_to_tensor(v) for v in variables]
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(weights)
-            y_pred, new_state, extra = model.stateless_call(
-                weights, state, x if len(x) > 1 else x[0], training=training, return_losses=True
+class GradientPass:
+    """The compiled gradient pass of one model and loss spec, reusable over data.
+
+    Building it resolves the losses; the first :meth:`run` traces the compiled
+    functions, later runs (and every further batch) reuse them. Keeping one
+    around lets a caller (the benchmark, a notebook comparing data sets) pay
+    the trace once; :meth:`tracing_count` says how often it traced.
+
+    Args:
+        model: the model; it is not modified.
+        terms: the output loss terms (regularization is added when the model has any).
+        data: data shaped like what :meth:`run` will get (target ranks pick sparse losses).
+        output_names: the model's outputs, in order.
+        training: call the model with ``training=True`` (dropout, batch statistics).
+        mode: ``mean-gradient`` or ``per-batch`` (see module constants).
+        custom_objects: names for custom losses.
+
+    Raises:
+        LossSpecError: a loss cannot be resolved.
+        DataError: unknown mode.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        terms: Sequence[LossTerm],
+        data: Data,
+        output_names: Sequence[str],
+        *,
+        training: bool = True,
+        mode: str = MEAN_GRADIENT,
+        custom_objects: dict[str, Any] | None = None,
+    ) -> None:
+        import tensorflow as tf
+
+        if mode not in BATCH_MODES:
+            raise DataError(f"unknown batch mode {mode!r}; valid: {', '.join(BATCH_MODES)}")
+        self.model = model
+        self.mode = mode
+        self.terms = [t for t in terms if not t.is_regularization]
+        out_shapes = {name: _last_dim(t) for name, t in zip(output_names, output_tensors(model))}
+        loss_fns = []
+        for term in self.terms:
+            y = data.y[term.output or ""]
+            out_rank = len(_output_shape(model, output_names, term.output or ""))
+            loss_fns.append(
+                resolve_loss(term.identifier, out_shapes.get(term.output or ""), y.ndim < out_rank, custom_objects)
             )
-            named = model_outputs(model, output_names, y_pred)
-            values = [
-                tf.cast(fn(ys[str(term.output)], named[str(term.output)]), tf.float32)
-                for term, fn in zip(terms, loss_fns)
-            ]
-            if extra:
-                values.append(tf.cast(tf.add_n([tf.reduce_sum(tf.cast(e, tf.float32)) for e in extra]), tf.float32))
-        grads = [tape.gradient(v, weights, unconnected_gradients=tf.UnconnectedGradients.NONE) for v in values]
-        del tape
-        # Which gradients exist is fixed by the graph: record it once, at trace time.
-        structure["regularization"] = bool(extra)
-        structure["exists"] = [[g is not None for g in per_loss] for per_loss in grads]
-        dense = [[None if g is None else tf.convert_to_tensor(g) for g in per_loss] for per_loss in grads]
-        return tf.stack(values), dense, new_state
+        #: the resolved loss objects, in term order (the benchmark's hand-written peers reuse them)
+        self.loss_fns = loss_fns
+        variables = list(model.trainable_variables)
+        self.variables = variables
+        self.state_variables = list(model.non_trainable_variables)
+        terms_ = self.terms
+        structure: dict[str, Any] = {}
+        self.structure = structure
 
-    def reduce_one(per_loss: list[Any]) -> tuple[Any, Any, Any]:
-        flat = tf.stack([tf.reshape(tf.cast(g, tf.float64), [-1]) for g in per_loss])
-        gram = tf.matmul(flat, flat, transpose_b=True)
-        return gram, tf.reduce_max(tf.abs(flat), axis=1), tf.reduce_all(tf.math.is_finite(flat), axis=1)
-
-    def reduce_all(dense: list[list[Any]]) -> list[Any]:
-        out = []
-        for v in range(len(variables)):
-            present = [dense[k][v] for k in range(len(dense)) if dense[k][v] is not None]
-            out.append(reduce_one(present) if present else None)
-        return out
-
-    @tf.function(reduce_retracing=True, autograph=False)
-    def step_stats(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any]:
-        values, dense, new_state = forward_backward(x, ys, state)
-        return values, reduce_all(dense), new_state
-
-    accumulators: list[list[Any]] = []
-
-    @tf.function(reduce_retracing=True, autograph=False)
-    def step_accumulate(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any]:
-        values, dense, new_state = forward_backward(x, ys, state)
-        if not accumulators:
-            with tf.init_scope():
-                for per_loss in dense:
-                    accumulators.append(
-                        [None if g is None else tf.Variable(tf.zeros(g.shape, tf.float32), trainable=False) for g in per_loss]
+        def forward_backward(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any]:
+            weights = [tf.convert_to_tensor(v) for v in variables]
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch(weights)
+                y_pred, new_state, extra = model.stateless_call(
+                    weights, state, x if len(x) > 1 else x[0], training=training, return_losses=True
+                )
+                named = model_outputs(model, output_names, y_pred)
+                values = [
+                    tf.cast(fn(ys[str(term.output)], named[str(term.output)]), tf.float32)
+                    for term, fn in zip(terms_, loss_fns)
+                ]
+                if extra:
+                    values.append(
+                        tf.cast(tf.add_n([tf.reduce_sum(tf.cast(e, tf.float32)) for e in extra]), tf.float32)
                     )
-        for acc_row, per_loss in zip(accumulators, dense):
-            for acc, g in zip(acc_row, per_loss):
-                if acc is not None:
-                    acc.assign_add(tf.cast(g, tf.float32))
-        return values, new_state
+            grads = [tape.gradient(v, weights, unconnected_gradients=tf.UnconnectedGradients.NONE) for v in values]
+            del tape
+            # Which gradients exist is fixed by the graph: record it once, at trace time.
+            structure["regularization"] = bool(extra)
+            structure["exists"] = [[g is not None for g in per_loss] for per_loss in grads]
+            dense = [[None if g is None else tf.convert_to_tensor(g) for g in per_loss] for per_loss in grads]
+            return tf.stack(values), dense, new_state
 
-    @tf.function(autograph=False)
-    def reduce_accumulated(scale: Any) -> list[Any]:
-        return reduce_all([[None if a is None else a * scale for a in row] for row in accumulators])
+        def reduce_one(per_loss: list[Any]) -> tuple[Any, Any, Any]:
+            size = int(np.prod(per_loss[0].shape))
+            chunks = size // GRAM_CHUNK
+            if chunks < 2 or per_loss[0].dtype == tf.float64:  # small: products and sums in float64
+                flat = tf.stack([tf.reshape(tf.cast(g, tf.float64), [-1]) for g in per_loss])
+                gram = tf.matmul(flat, flat, transpose_b=True)
+                return gram, tf.reduce_max(tf.abs(flat), axis=1), tf.reduce_all(tf.math.is_finite(flat), axis=1)
+            # Large: float64 copies of K gradients cost more than the backward passes of big
+            # models. float32 matrix products over chunks of GRAM_CHUNK entries, summed in
+            # float64, stay within ~1e-7 of the float64 Gram (a plain float32 product over
+            # millions of entries drifts to ~1e-4).
+            flats = [tf.reshape(tf.cast(g, tf.float32), [-1]) for g in per_loss]
+            head = chunks * GRAM_CHUNK
+            blocks = tf.stack([tf.reshape(f[:head], [chunks, GRAM_CHUNK]) for f in flats], axis=1)  # (c, K, m)
+            gram = tf.reduce_sum(tf.cast(tf.matmul(blocks, blocks, transpose_b=True), tf.float64), axis=0)
+            if head < size:
+                tail = tf.cast(tf.stack([f[head:] for f in flats]), tf.float64)
+                gram += tf.matmul(tail, tail, transpose_b=True)
+            max_abs = tf.stack([tf.reduce_max(tf.abs(f)) for f in flats])
+            # A NaN or infinite entry makes the sum of squares non-finite, so a finite diagonal
+            # proves the gradient finite without another pass; only a non-finite one (or a
+            # float32 overflow of the squares) is checked entry by entry.
+            diagonal = tf.linalg.diag_part(gram)
+            finite = tf.stack([
+                tf.cond(tf.math.is_finite(diagonal[k]), lambda: tf.constant(True),
+                        lambda f=f: tf.reduce_all(tf.math.is_finite(f)))
+                for k, f in enumerate(flats)
+            ])
+            return gram, tf.cast(max_abs, tf.float64), finite
 
-    state = [tf.convert_to_tensor(v) for v in state_variables]
-    accumulate = mode == MEAN_GRADIENT and data.batches > 1
-    loss_sum: np.ndarray | None = None
-    stat_sums: list[Any] | None = None
-    for b in range(data.batches):
-        xs, ys = data.batch(b)
-        x = [tf.convert_to_tensor(a) for a in xs]
-        targets = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
+        def reduce_all(dense: list[list[Any]]) -> tuple[Any, Any, Any]:
+            # Packed into three flat tensors (Gram entries, max-abs, finiteness of every
+            # variable with a gradient, in variable order): three fetches per batch instead
+            # of three per variable, which dominated small models' pass (see _unpack).
+            grams, maxes, finites = [], [], []
+            for v in range(len(variables)):
+                present = [dense[k][v] for k in range(len(dense)) if dense[k][v] is not None]
+                if present:
+                    gram, max_abs, finite = reduce_one(present)
+                    grams.append(tf.reshape(gram, [-1]))
+                    maxes.append(max_abs)
+                    finites.append(finite)
+            if not grams:
+                return tf.zeros([0], tf.float64), tf.zeros([0], tf.float64), tf.zeros([0], tf.bool)
+            return tf.concat(grams, 0), tf.concat(maxes, 0), tf.concat(finites, 0)
+
+        @tf.function(reduce_retracing=True, autograph=False)
+        def step_stats(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any]:
+            values, dense, new_state = forward_backward(x, ys, state)
+            return values, reduce_all(dense), new_state
+
+        accumulators: list[list[Any]] = []
+        self.accumulators = accumulators
+
+        @tf.function(reduce_retracing=True, autograph=False)
+        def step_accumulate(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any]:
+            values, dense, new_state = forward_backward(x, ys, state)
+            # The sums exist before the first call (see run()): a tf.function that creates
+            # variables traces twice, and the trace of a big model costs more than its pass.
+            # Only a loss nobody could foresee (add_loss inside call) still creates its row here.
+            while len(accumulators) < len(dense):
+                with tf.init_scope():
+                    accumulators.append(
+                        [None if g is None else tf.Variable(tf.zeros(g.shape, tf.float32), trainable=False)
+                         for g in dense[len(accumulators)]]
+                    )
+            for acc_row, per_loss in zip(accumulators, dense):
+                for acc, g in zip(acc_row, per_loss):
+                    if acc is not None and g is not None:
+                        acc.assign_add(tf.cast(g, tf.float32))
+            return values, new_state
+
+        @tf.function(autograph=False)
+        def reduce_accumulated() -> tuple[Any, Any, Any]:
+            # Statistics of the sums; run() scales them to the mean (saves a pass over K copies).
+            packed = reduce_all([[None if a is None else a.read_value() for a in row] for row in accumulators])
+            # Leave the sums at zero for the next run, in the same call (no eager op per variable).
+            with tf.control_dependencies(packed):
+                for row in accumulators:
+                    for acc in row:
+                        if acc is not None:
+                            acc.assign(tf.zeros_like(acc))
+            return packed
+
+        self._dirty = False
+        self.step_stats = step_stats
+        self.step_accumulate = step_accumulate
+        self.reduce_accumulated = reduce_accumulated
+
+    def _has_weight_losses(self) -> bool:
+        """Whether the model has regularization losses before any call (weight regularizers)."""
         try:
-            if accumulate:
-                values, state = step_accumulate(x, targets, state)
-            else:
-                values, stats, state = step_stats(x, targets, state)
-                stats_np = [None if s is None else tuple(t.numpy() for t in s) for s in stats]
-                stat_sums = stats_np if stat_sums is None else _add_stats(stat_sums, stats_np)
-        except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
-            raise _explain(e) from e
-        loss_sum = values.numpy().astype(np.float64) if loss_sum is None else loss_sum + values.numpy()
-        if progress is not None:
-            progress(b + 1, data.batches)
-    if accumulate:
-        stats = reduce_accumulated(tf.constant(1.0 / data.batches, tf.float32))
-        stat_sums = [None if s is None else tuple(t.numpy() for t in s) for s in stats]
-        divide = 1.0
-        for row in accumulators:
-            for acc in row:
-                if acc is not None:
-                    del acc
-        accumulators.clear()
-    else:
-        divide = float(data.batches)
-    names = tuple(t.name for t in terms) + ((REGULARIZATION,) if structure["regularization"] else ())
-    assert loss_sum is not None and stat_sums is not None
-    return _assemble(names, structure["exists"], stat_sums, loss_sum / data.batches, divide, data.batches, mode)
+            return bool(self.model.losses)
+        except Exception:  # a model that cannot tell before a call: the trace creates that row
+            return False
 
+    def tracing_count(self) -> int:
+        """How many times the compiled functions have been traced, all together."""
+        return sum(
+            int(fn.experimental_get_tracing_count())
+            for fn in (self.step_stats, self.step_accumulate, self.reduce_accumulated)
+        )
 
-def _add_stats(a: list[Any], b: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    for sa, sb in zip(a, b):
-        if sa is None:
-            out.append(None)
+    def run(self, data: Data, progress: Progress | None = None) -> GradientStats:
+        """Stream ``data`` through the compiled pass and reduce it to statistics.
+
+        Args:
+            data: the batches (shaped like the data the pass was built with).
+            progress: called with ``(batches done, batches)``.
+
+        Raises:
+            LossSpecError: a loss fails on the model's outputs.
+            DataError: the data does not fit the model.
+        """
+        import tensorflow as tf
+
+        state = [tf.convert_to_tensor(v) for v in self.state_variables]
+        accumulate = self.mode == MEAN_GRADIENT and data.batches > 1
+        if accumulate and self._dirty:  # an earlier run stopped half-way: its sums are still there
+            for row in self.accumulators:
+                for acc in row:
+                    if acc is not None:
+                        acc.assign(tf.zeros_like(acc))
+        first_trace = accumulate and not self.accumulators
+        if first_trace:
+            # One float32 sum per loss and variable, before tracing (one trace instead of two);
+            # the sums of gradients that turn out not to exist are dropped after the trace.
+            rows = len(self.terms) + (1 if self._has_weight_losses() else 0)
+            self.accumulators.extend(
+                [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.variables]
+                for _ in range(rows)
+            )
+        self._dirty = accumulate
+        loss_sum: np.ndarray | None = None
+        stat_sums: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        for b in range(data.batches):
+            xs, ys = data.batch(b)
+            x = [tf.convert_to_tensor(a) for a in xs]
+            y = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
+            try:
+                if accumulate:
+                    values, state = self.step_accumulate(x, y, state)
+                else:
+                    values, packed, state = self.step_stats(x, y, state)
+                    gram, max_abs, finite = (t.numpy() for t in packed)
+                    if stat_sums is None:
+                        stat_sums = (gram, max_abs, finite)
+                    else:
+                        stat_sums = (stat_sums[0] + gram, np.maximum(stat_sums[1], max_abs), stat_sums[2] & finite)
+            except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
+                raise _explain(e) from e
+            if first_trace:  # the graph now says which gradients exist: free the other sums
+                first_trace = False
+                exists = self.structure["exists"]
+                del self.accumulators[len(exists):]
+                for row, present in zip(self.accumulators, exists):
+                    row[:] = [acc if here else None for acc, here in zip(row, present)]
+            loss_sum = values.numpy().astype(np.float64) if loss_sum is None else loss_sum + values.numpy()
+            if progress is not None:
+                progress(b + 1, data.batches)
+        if accumulate:
+            packed = self.reduce_accumulated()
+            gram, max_abs, finite = (t.numpy() for t in packed)
+            # Gram and max-abs of the mean gradient = those of the sum, scaled by 1/N^2 and 1/N.
+            stat_sums = (gram / data.batches**2, max_abs / data.batches, finite)
+            self._dirty = False
+            divide = 1.0
         else:
-            out.append((sa[0] + sb[0], np.maximum(sa[1], sb[1]), sa[2] & sb[2]))
+            divide = float(data.batches)
+        names = tuple(t.name for t in self.terms) + ((REGULARIZATION,) if self.structure["regularization"] else ())
+        assert loss_sum is not None and stat_sums is not None
+        exists = self.structure["exists"]
+        return _assemble(
+            names, exists, _unpack(stat_sums, exists), loss_sum / data.batches, divide, data.batches, self.mode
+        )
+
+
+def _unpack(packed: tuple[np.ndarray, np.ndarray, np.ndarray], exists_by_loss: list[list[bool]]) -> list[Any]:
+    """Split the packed statistics into one ``(gram, max_abs, finite)`` per variable (None: no gradient).
+
+    Example:
+        >>> packed = (np.arange(5.0), np.array([7.0, 8.0, 9.0]), np.array([True, True, False]))
+        >>> _unpack(packed, [[True, False, True], [False, False, True]])[1:]
+        [None, (array([[1., 2.],
+               [3., 4.]]), array([8., 9.]), array([ True, False]))]
+    """
+    gram, max_abs, finite = packed
+    out: list[Any] = []
+    g = m = 0
+    for v in range(len(exists_by_loss[0]) if exists_by_loss else 0):
+        p = sum(1 for per_loss in exists_by_loss if per_loss[v])
+        if not p:
+            out.append(None)
+            continue
+        out.append((gram[g:g + p * p].reshape(p, p), max_abs[m:m + p], finite[m:m + p]))
+        g += p * p
+        m += p
     return out
 
 

@@ -1,0 +1,95 @@
+"""What a user would write by hand instead of gradviz: three compiled GradientTape loops.
+
+All three get the same model, losses, batches and ``training`` flag as gradviz,
+call the model as user code does (``model(x, training=...)``), and return every
+loss's squared gradient norm so that no backward pass can be pruned away.
+
+* ``floor``: one forward pass under a persistent tape, one ``tape.gradient`` per
+  loss (K losses: 1 forward + K backward). No per-analysis code can do less.
+* ``naive``: a separate forward and backward pass per loss (most code samples).
+* ``joint``: ``tape.jacobian`` of the stacked losses (vectorized with pfor).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+#: a compiled peer: (inputs, targets) of one batch -> per-loss squared gradient norms
+Peer = Callable[[list[Any], dict[str, Any]], Any]
+PEERS = ("floor", "naive", "joint")
+
+
+def build_peers(model: Any, outputs: Sequence[str], heads: Sequence[str], loss_fns: Sequence[Any],
+                training: bool = True) -> dict[str, Peer]:
+    """Compile the three hand-written peers.
+
+    Args:
+        model: the Keras model.
+        outputs: the model's output names, in order.
+        heads: the output each loss applies to, in loss order.
+        loss_fns: the loss objects (the ones gradviz resolved), in loss order.
+        training: call the model in training mode.
+    """
+    import tensorflow as tf
+
+    variables = list(model.trainable_variables)
+
+    def call(x: list[Any]) -> dict[str, Any]:
+        y_pred = model(x if len(x) > 1 else x[0], training=training)
+        if isinstance(y_pred, dict):
+            return dict(y_pred)
+        if not isinstance(y_pred, (list, tuple)):
+            y_pred = [y_pred]
+        return dict(zip(outputs, y_pred))
+
+    def losses(ys: dict[str, Any], named: dict[str, Any]) -> list[Any]:
+        return [tf.cast(fn(ys[h], named[h]), tf.float32) for h, fn in zip(heads, loss_fns)]
+
+    def squared_norm(grads: Sequence[Any]) -> Any:
+        return tf.add_n([tf.reduce_sum(tf.square(tf.convert_to_tensor(g))) for g in grads if g is not None])
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def floor(x: list[Any], ys: dict[str, Any]) -> Any:
+        with tf.GradientTape(persistent=True) as tape:
+            values = losses(ys, call(x))
+        norms = [squared_norm(tape.gradient(v, variables)) for v in values]
+        del tape
+        return tf.stack(norms)
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def naive(x: list[Any], ys: dict[str, Any]) -> Any:
+        norms = []
+        for k in range(len(loss_fns)):
+            with tf.GradientTape() as tape:
+                value = losses(ys, call(x))[k]
+            norms.append(squared_norm(tape.gradient(value, variables)))
+        return tf.stack(norms)
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def joint(x: list[Any], ys: dict[str, Any]) -> Any:
+        with tf.GradientTape() as tape:
+            stacked = tf.stack(losses(ys, call(x)))
+        jacobians = tape.jacobian(stacked, variables, experimental_use_pfor=True)
+        per_loss = [tf.reduce_sum(tf.reshape(tf.square(j), [len(loss_fns), -1]), axis=1)
+                    for j in jacobians if j is not None]
+        return tf.add_n(per_loss)
+
+    return {"floor": floor, "naive": naive, "joint": joint}
+
+
+def run_peer(peer: Peer, data: Any) -> Any:
+    """Run a peer over every batch of a ``gradviz.data.Data`` and fetch the result, as gradviz does.
+
+    Batches are sliced from the NumPy arrays and converted per call, as gradviz's pass does too.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    total = None
+    for b in range(data.batches):
+        xs, ys = data.batch(b)
+        x = [tf.convert_to_tensor(a) for a in xs]
+        y = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
+        out = peer(x, y).numpy()
+        total = out if total is None else total + out
+    return np.asarray(total)

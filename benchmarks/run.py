@@ -1,0 +1,559 @@
+"""Benchmark gradviz's gradient pass against hand-written GradientTape loops.
+
+Usage::
+
+    python benchmarks/run.py                 # every model; writes benchmarks/RESULTS.md (make bench)
+    python benchmarks/run.py --quick         # tiny run (shared_trunk, few repeats)
+    python benchmarks/run.py --models mlp_8,resnet50_3 --out /tmp/bench
+
+For each model, in one process and after warm-up, it times gradviz's gradient
+pass (``gradviz.gradients.GradientPass.run``, what ``compute`` - and so
+``analyze`` - runs after tracing) and the three peers of ``peers.py`` over the
+same batches, interleaving repeats and reporting medians. Peak memory is
+measured per method in a fresh subprocess; the stages of ``gradviz inspect``
+in another fresh subprocess. The results are written as Markdown
+(``RESULTS.md``) and JSON (``results.json``) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT), str(HERE)]  # measure this checkout's gradviz
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import models  # noqa: E402
+import peers  # noqa: E402
+
+METHODS = ("gradviz",) + peers.PEERS
+#: targets of issue 6 (ratios)
+TARGET_VS_FLOOR = 1.15
+TARGET_NAIVE_SPEEDUP = 1.3
+TARGET_MEMORY = 1.2
+TARGET_GRAPH_SECONDS = 1.0
+#: memory increases below this are noise: their ratios are not judged
+MEMORY_NOISE_MB = 16.0
+#: a peer whose first call takes longer than this is timed once only
+SLOW_FIRST_CALL = 120.0
+
+
+# ---------------------------------------------------------------- preparation
+
+
+class Prepared:
+    """A model with everything gradviz and the peers need to run on it."""
+
+    def __init__(self, name: str, batch_size: int, batches: int) -> None:
+        from gradviz import api, loading, topology
+        from gradviz import data as data_mod
+        from gradviz.gradients import GradientPass
+
+        self.name = name
+        self.model = models.build(name)
+        loaded = loading.from_model(self.model)
+        topo = topology.build_topology(self.model)
+        self.outputs = list(topo.outputs) or topology.output_names(self.model)
+        # The same steps as gradviz.api.analyze (its private helpers, so the data and losses are identical).
+        spec = api._spec(loaded, self.outputs, None, {}, topo)
+        self.terms = spec.output_terms
+        inputs = api._input_infos(self.model, topo)
+        targets = api._target_infos(self.model, self.outputs, spec, loaded.custom_objects)
+        self.data = data_mod.synthetic(inputs, targets, batch_size=batch_size, batches=batches, seed=0)
+        self.gradient_pass = GradientPass(self.model, self.terms, self.data, self.outputs)
+        self.peers = peers.build_peers(
+            self.model, self.outputs, [str(t.output) for t in self.terms], self.gradient_pass.loss_fns
+        )
+        self.params = int(sum(int(v.numpy().size) for v in self.model.trainable_variables))
+
+    def method(self, name: str) -> Callable[[], Any]:
+        """A callable running one gradient pass of method ``name`` over all batches."""
+        if name == "gradviz":
+            return lambda: self.gradient_pass.run(self.data)
+        peer = self.peers[name]
+        return lambda: peers.run_peer(peer, self.data)
+
+    def trace(self, name: str) -> None:
+        """Trace method ``name`` on the first batch without running it."""
+        import tensorflow as tf
+
+        xs, ys = self.data.batch(0)
+        x = [tf.convert_to_tensor(a) for a in xs]
+        y = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
+        if name == "gradviz":
+            state = [tf.convert_to_tensor(v) for v in self.gradient_pass.state_variables]
+            self.gradient_pass.step_stats.get_concrete_function(x, y, state)
+        else:
+            self.peers[name].get_concrete_function(x, y)
+
+    def cold_gradviz(self) -> Any:
+        """``gradviz.gradients.compute`` from scratch (builds and traces a new pass)."""
+        from gradviz.gradients import compute
+
+        return compute(self.model, self.terms, self.data, self.outputs)
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- timing (in process)
+
+
+def time_methods(case: models.Case, repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Median seconds per gradient pass of every method, after warm-up, repeats interleaved."""
+    prepared = Prepared(case.name, case.batch_size, case.batches)
+    result: dict[str, Any] = {
+        "model": case.name, "losses": len(prepared.terms), "params": prepared.params,
+        "batch_size": case.batch_size, "batches": case.batches, "repeats": repeats,
+        "first_call": {}, "median": {}, "runs": {}, "errors": {},
+    }
+    result["first_call"]["gradviz"] = _timed(prepared.cold_gradviz)
+    methods: dict[str, Callable[[], Any]] = {}
+    for name in METHODS:
+        fn = prepared.method(name)
+        try:
+            first = _timed(fn)  # the peers' trace; gradviz's pass traces here too (cold time above)
+        except Exception as e:  # a peer that cannot run on this model (pfor limits) is reported, not fatal
+            result["errors"][name] = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+            log(f"  {name}: failed: {result['errors'][name]}")
+            continue
+        if name != "gradviz":
+            result["first_call"][name] = first
+        _timed(fn)  # warm-up
+        methods[name] = fn
+        result["runs"][name] = []
+        log(f"  {name}: first call {first:.2f}s")
+    for r in range(repeats):
+        order = list(methods)
+        order = order[r % len(order):] + order[:r % len(order)]  # rotate so drift hits every method alike
+        for name in order:
+            if name in ("naive", "joint") and r > 0 and result["first_call"][name] > SLOW_FIRST_CALL:
+                continue
+            result["runs"][name].append(_timed(methods[name]))
+    for name, runs in result["runs"].items():
+        result["median"][name] = statistics.median(runs)
+    log("  medians: " + ", ".join(f"{k} {v:.4f}s" for k, v in result["median"].items()))
+    return result
+
+
+# ---------------------------------------------------------------- memory (fresh subprocesses)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def child_memory(model: str, method: str, batch_size: int) -> dict[str, Any]:
+    """In a fresh process: peak RSS increase of one warm pass of ``method`` over one batch."""
+    prepared = Prepared(model, batch_size, 1)
+    fn = prepared.method(method)
+    # Traced but never run: TensorFlow's CPU allocator (oneDNN's) keeps freed blocks in a
+    # pool, so only a first run shows what a pass needs; the trace's memory is in the baseline.
+    prepared.trace(method)
+    gc.collect()
+    baseline = _rss_mb()
+    peak = baseline
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_mb())
+            time.sleep(0.0005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    fn()
+    done.set()
+    sampler.join()
+    peak = max(peak, _rss_mb())
+    return {"baseline_mb": baseline, "peak_mb": peak, "increase_mb": peak - baseline}
+
+
+def measure_memory(case: models.Case, method: str) -> dict[str, Any]:
+    """Run :func:`child_memory` in a fresh interpreter."""
+    env = dict(os.environ)
+    # Fixed glibc thresholds: big tensors are mmap'ed and go back to the OS when freed,
+    # so RSS follows what is live (the dynamic threshold would keep freed blocks in the heap).
+    env.update(MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072", TF_CPP_MIN_LOG_LEVEL="3")
+    cmd = [sys.executable, str(Path(__file__)), "--child-memory", case.name, method, str(case.batch_size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+# ---------------------------------------------------------------- stages of gradviz inspect (fresh subprocess)
+
+
+def dot_source(report: Any) -> tuple[str, str]:
+    """DOT source of the analysed graph, and what made it.
+
+    Uses ``gradviz.render`` when it exists (it is being written on another branch);
+    otherwise builds the DOT text with the graphviz package from ``report.graph``
+    (no ``dot`` program either way).
+    """
+    try:
+        from gradviz import render  # type: ignore[attr-defined]
+    except ImportError:
+        render = None
+    for name in ("to_dot", "dot_source", "build_dot", "make_dot"):
+        fn = getattr(render, name, None)
+        if callable(fn):
+            try:
+                made = fn(report)
+            except TypeError:
+                continue
+            return str(getattr(made, "source", made)), f"gradviz.render.{name}"
+    import graphviz
+
+    dot = graphviz.Digraph(report.model_name)
+    for node, attrs in report.graph.nodes(data=True):
+        label = f"{node}\\n{attrs.get('status', attrs.get('kind', ''))}"
+        dot.node(str(node), label)
+    for source, target in report.graph.edges():
+        dot.edge(str(source), str(target))
+    return dot.source, "graphviz.Digraph from report.graph (no gradviz.render yet)"
+
+
+def child_stages(model: str, path: str, batch_size: int, batches: int) -> dict[str, Any]:
+    """In a fresh process: the stages of ``gradviz inspect`` on a saved model."""
+    start = time.perf_counter()
+    import tensorflow  # noqa: F401  (what the first TensorFlow-using stage pays once)
+    import keras  # noqa: F401
+
+    imports = time.perf_counter() - start
+    from gradviz import analyze
+
+    report = analyze(path, batch_size=batch_size, batches=batches)
+    dot_seconds = _timed(lambda: dot_source(report))
+    text, made_by = dot_source(report)
+    return {"import_tf": imports, **report.timings, "dot": dot_seconds, "dot_by": made_by,
+            "nodes": report.graph.number_of_nodes(), "dot_chars": len(text)}
+
+
+def measure_stages(case: models.Case, workdir: Path) -> dict[str, Any]:
+    """Save the model (as a user's file) and time ``analyze`` on it in a fresh interpreter."""
+    if case.name == "shared_trunk":
+        path = ROOT / "samples" / "shared_trunk.keras"
+    else:
+        path = workdir / f"{case.name}.keras"
+        if not path.exists():
+            models.build(case.name).save(path)
+    cmd = [sys.executable, str(Path(__file__)), "--child-stages", case.name, str(path),
+           str(case.batch_size), str(case.batches)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+# ---------------------------------------------------------------- graph size and --help
+
+
+def graph_check(repeats: int = 5) -> dict[str, Any]:
+    """Topology + analysis + DOT for a model of about 800 graph nodes (synthetic gradient statistics)."""
+    import numpy as np
+
+    from gradviz import api, loading, topology
+    from gradviz.analysis import analyze_stats
+    from gradviz.gradients import GradientStats
+
+    model = models.build("graph_800")
+    loaded = loading.from_model(model)
+    topo = topology.build_topology(model)
+    outputs = list(topo.outputs)
+    spec = api._spec(loaded, outputs, None, {}, topo)
+    rng = np.random.default_rng(0)
+    k, v = len(spec.terms), len(model.trainable_variables)
+    factors = rng.standard_normal((v, k, 4))
+    stats = GradientStats(spec.names, factors @ factors.transpose(0, 2, 1), np.ones((v, k), bool),
+                          np.ones((v, k)), np.ones((v, k), bool), np.ones(k), 1, "mean-gradient")
+    runs: dict[str, list[float]] = {"topology": [], "analysis": [], "dot": []}
+    report: Any = None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        topo = topology.build_topology(model)
+        runs["topology"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        report = analyze_stats(topo, stats, spec, model_name=model.name)
+        runs["analysis"].append(time.perf_counter() - start)
+        runs["dot"].append(_timed(lambda: dot_source(report)))
+    med = {name: statistics.median(r) for name, r in runs.items()}
+    return {"nodes": topo.graph.number_of_nodes(), **med, "total": sum(med.values()),
+            "dot_by": dot_source(report)[1]}
+
+
+def help_imports_tensorflow() -> bool:
+    """Whether ``gradviz --help`` imports TensorFlow (checked in a fresh interpreter)."""
+    code = ("import sys\nfrom gradviz.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('TF' if any(m == 'tensorflow' or m.startswith('tensorflow.') for m in sys.modules) else 'NO-TF')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return proc.stdout.strip().splitlines()[-1] != "NO-TF"
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine() -> dict[str, str]:
+    """What the numbers were measured on."""
+    import keras
+    import tensorflow as tf
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        ram = f"{pages / 2**30:.0f} GiB"
+    except (ValueError, OSError):
+        ram = "unknown"
+    gpus = tf.config.list_physical_devices("GPU")
+    return {
+        "cpu": cpu, "cores": str(os.cpu_count()), "ram": ram, "gpu": ", ".join(g.name for g in gpus) or "none",
+        "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    }
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def _mark(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "**missed**")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """RESULTS.md from the measurements."""
+    m = results["machine"]
+    lines = [
+        "# gradviz benchmark results",
+        "",
+        f"Generated by `{results['command']}` (do not edit by hand; `make bench` rewrites it).",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram']} RAM, GPU: {m['gpu']}; "
+        f"Python {m['python']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}; {m['date']}.",
+        "",
+        "## Gradient pass: gradviz vs hand-written tapes",
+        "",
+        "Seconds per gradient pass over all batches (median of the repeats, after warm-up, methods interleaved), "
+        "one process. **gradviz**: `GradientPass.run` - what `gradients.compute` (and so `analyze`) runs after "
+        "tracing: one compiled forward + K backward passes with the per-variable Gram matrices reduced in the graph "
+        "(float64), mean-gradient mode (K float32 accumulators for more than one batch), results fetched to NumPy. "
+        "**floor**: one compiled forward under a persistent tape + one `tape.gradient` per loss, returning each "
+        "loss's squared gradient norm. **naive**: a compiled forward + backward pass per loss. **joint**: compiled "
+        "`tape.jacobian` of the stacked losses (pfor). Peers call `model(x, training=True)`; gradviz calls "
+        "`model.stateless_call(..., training=True)`. Synthetic data (seed 0) as NumPy arrays, sliced and converted per "
+        "batch by every method; `tf.function` without XLA.",
+        "",
+        "| model | K | params | batch x batches | repeats | gradviz s | floor s | naive s | joint s "
+        "| gradviz / floor | naive / gradviz | joint / floor |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for t in results["timing"]:
+        med = t["median"]
+        lines.append(
+            f"| {t['model']} | {t['losses']} | {t['params']:,} | {t['batch_size']} x {t['batches']} | {t['repeats']} "
+            f"| {_f(med.get('gradviz'), 4)} | {_f(med.get('floor'), 4)} | {_f(med.get('naive'), 4)} "
+            f"| {_f(med.get('joint'), 4)} | {_f(_ratio(med.get('gradviz'), med.get('floor')), 2)} "
+            f"| {_f(_ratio(med.get('naive'), med.get('gradviz')), 2)} "
+            f"| {_f(_ratio(med.get('joint'), med.get('floor')), 2)} |"
+        )
+    errors = [(t["model"], k, e) for t in results["timing"] for k, e in t["errors"].items()]
+    if errors:
+        lines += ["", "Failed: " + "; ".join(f"{mod} {k}: `{e}`" for mod, k, e in errors)]
+    lines += [
+        "",
+        "First call (trace + compile + one pass), seconds: "
+        + "; ".join(
+            f"{t['model']}: " + ", ".join(f"{k} {_f(v, 1)}" for k, v in t["first_call"].items())
+            for t in results["timing"]
+        )
+        + ".",
+        "",
+        "## Peak memory (one batch)",
+        "",
+        "Each method in a fresh interpreter: build the model and data, trace the compiled function without running "
+        "it (`get_concrete_function`), then sample the process's RSS (`/proc/self/statm`, every 0.5 ms from a "
+        "thread) during its first run on one batch. Reported: peak RSS during that run minus RSS just before it, "
+        "i.e. what the pass itself needs on top of the loaded model, data and traced graph (TensorFlow's CPU "
+        "allocator keeps freed blocks pooled, so a second run would show almost nothing). glibc's mmap/trim "
+        "thresholds are fixed (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`). Increases below "
+        f"{MEMORY_NOISE_MB:.0f} MB are noise and not judged.",
+        "",
+        "| model | batch | gradviz MB | floor MB | naive MB | joint MB | gradviz / floor |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mem in results["memory"]:
+        inc = {k: v.get("increase_mb") for k, v in mem["methods"].items()}
+        lines.append(
+            f"| {mem['model']} | {mem['batch_size']} | {_f(inc.get('gradviz'), 1)} | {_f(inc.get('floor'), 1)} "
+            f"| {_f(inc.get('naive'), 1)} | {_f(inc.get('joint'), 1)} | {_f(_ratio(inc.get('gradviz'), inc.get('floor')), 2)} |"
+        )
+    lines += [
+        "",
+        "## Stages of `gradviz inspect`",
+        "",
+        "`gradviz.analyze(saved model file)` in a fresh interpreter (what `gradviz inspect FILE` runs), seconds. "
+        "`import` is importing TensorFlow and Keras; `load` rebuilds the model from the file; `gradients` is the whole "
+        "gradient pass including the first-call trace (also in the JSON report's `timings`); `warm pass` is the "
+        "median above, so `gradients - warm pass` is roughly the trace; `dot` builds the DOT text "
+        "(`render`, running the `dot` program, is not timed).",
+        "",
+        "| model | nodes | import | load | graph | gradients | warm pass | trace (approx.) | analysis | dot | total |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    warm = {t["model"]: t["median"].get("gradviz") for t in results["timing"]}
+    for st in results["stages"]:
+        s = st["stages"]
+        if "error" in s:
+            lines.append(f"| {st['model']} | failed: `{s['error']}` |||||||||")
+            continue
+        w = warm.get(st["model"])
+        lines.append(
+            f"| {st['model']} | {s['nodes']} | {_f(s['import_tf'], 2)} | {_f(s['load'], 2)} | {_f(s['graph'], 3)} "
+            f"| {_f(s['gradients'], 2)} | {_f(w, 2)} | {_f(None if w is None else s['gradients'] - w, 2)} "
+            f"| {_f(s['analysis'], 3)} | {_f(s['dot'], 3)} | {_f(s['total'], 2)} |"
+        )
+    by = {st["stages"].get("dot_by") for st in results["stages"]} - {None}
+    if by:
+        lines += ["", "DOT made by: " + ", ".join(sorted(by)) + "."]
+    g = results.get("graph")
+    if g:
+        lines += [
+            "",
+            f"Graph size check: a residual MLP with {g['nodes']} graph nodes, synthetic statistics: topology "
+            f"{_f(g['topology'])} s + analysis {_f(g['analysis'])} s + DOT {_f(g['dot'])} s = **{_f(g['total'])} s** "
+            f"(DOT by {g['dot_by']}).",
+        ]
+    lines += ["", "## Targets", "", "| target | measured | |", "|---|---|---|"]
+    for target, measured, ok in targets(results):
+        lines.append(f"| {target} | {measured} | {_mark(ok)} |")
+    lines += ["", "Machines are noisy: ratios within a few percent of a target can land on either side between runs.", ""]
+    return "\n".join(lines)
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for each of the issue's targets."""
+    out: list[tuple[str, str, bool | None]] = []
+    for t in results["timing"]:
+        med = t["median"]
+        r = _ratio(med.get("gradviz"), med.get("floor"))
+        out.append((f"{t['model']}: gradient pass <= {TARGET_VS_FLOOR}x floor", f"{_f(r, 2)}x",
+                    None if r is None else r <= TARGET_VS_FLOOR))
+        if t["losses"] >= 3:
+            s = _ratio(med.get("naive"), med.get("gradviz"))
+            out.append((f"{t['model']}: >= {TARGET_NAIVE_SPEEDUP}x faster than naive (K={t['losses']})",
+                        f"{_f(s, 2)}x", None if s is None else s >= TARGET_NAIVE_SPEEDUP))
+    for mem in results["memory"]:
+        g = mem["methods"].get("gradviz", {}).get("increase_mb")
+        f = mem["methods"].get("floor", {}).get("increase_mb")
+        r = _ratio(g, f)
+        judged = g is not None and f is not None and max(g, f) >= MEMORY_NOISE_MB
+        out.append((f"{mem['model']}: peak memory <= {TARGET_MEMORY}x floor (one batch)",
+                    f"{_f(g, 1)} / {_f(f, 1)} MB = {_f(r, 2)}x" + ("" if judged else " (noise level)"),
+                    (r is not None and r <= TARGET_MEMORY) if judged else None))
+    g = results.get("graph")
+    if g:
+        out.append((f"topology + analysis + DOT for ~800 nodes < {TARGET_GRAPH_SECONDS:.0f} s",
+                    f"{_f(g['total'], 3)} s ({g['nodes']} nodes)", g["total"] < TARGET_GRAPH_SECONDS))
+    tf_in_help = results.get("help_imports_tensorflow")
+    if tf_in_help is not None:
+        out.append(("`gradviz --help` imports no TensorFlow", "imports TensorFlow" if tf_in_help else "no TensorFlow",
+                    not tf_in_help))
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="benchmarks/run.py")
+    parser.add_argument("--quick", action="store_true", help="tiny run: shared_trunk, 3 repeats, no graph check")
+    parser.add_argument("--models", default=None, help=f"comma-separated, of: {', '.join(models.CASES)}")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per method (default per model)")
+    parser.add_argument("--out", default=str(HERE), help="directory for RESULTS.md and results.json")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--child-memory", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child-stages", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child_memory:
+        model, method, batch = args.child_memory
+        print(json.dumps(child_memory(model, method, int(batch))))
+        return 0
+    if args.child_stages:
+        model, path, batch, batches = args.child_stages
+        print(json.dumps(child_stages(model, path, int(batch), int(batches))))
+        return 0
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    names = args.models.split(",") if args.models else [c.name for c in models.CASES.values() if c.quick or not args.quick]
+    unknown = sorted(set(names) - set(models.CASES))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(models.CASES)}")
+    cases = [models.CASES[n] for n in names]
+    command = "python benchmarks/run.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    results: dict[str, Any] = {"command": command.strip(), "machine": machine(), "timing": [], "memory": [],
+                               "stages": []}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gradviz-bench-") as tmp:
+        for case in cases:
+            repeats = args.repeats or (3 if args.quick else case.repeats)
+            log(f"{case.name}: timing ({repeats} repeats, batch {case.batch_size} x {case.batches})")
+            results["timing"].append(time_methods(case, repeats, log))
+            gc.collect()
+            if not args.no_memory:
+                log(f"{case.name}: memory (fresh process per method)")
+                methods = {m: measure_memory(case, m) for m in METHODS}
+                results["memory"].append({"model": case.name, "batch_size": case.batch_size, "methods": methods})
+            log(f"{case.name}: stages of gradviz inspect (fresh process)")
+            results["stages"].append({"model": case.name, "stages": measure_stages(case, Path(tmp))})
+    if not args.quick:
+        log("graph of ~800 nodes")
+        results["graph"] = graph_check()
+    results["help_imports_tensorflow"] = help_imports_tensorflow()
+    results["seconds"] = time.perf_counter() - started
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "RESULTS.md").write_text(markdown(results))
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    log(f"wrote {out / 'RESULTS.md'} ({results['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

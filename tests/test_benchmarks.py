@@ -1,0 +1,40 @@
+"""The benchmark runs on a tiny model and writes its tables (no timing is asserted: machines are noisy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_benchmark_writes_tables(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--models", "shared_trunk",
+         "--repeats", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = (out / "RESULTS.md").read_text()
+    assert "| model | K | params | batch x batches |" in text
+    assert "| shared_trunk | 2 | 1,666 |" in text
+    for heading in ("## Peak memory (one batch)", "## Stages of `gradviz inspect`", "## Targets"):
+        assert heading in text
+    assert "Machine:" in text and "TensorFlow" in text
+    results = json.loads((out / "results.json").read_text())
+    timing = results["timing"][0]
+    assert set(timing["median"]) == {"gradviz", "floor", "naive", "joint"}
+    assert all(v > 0 for v in timing["median"].values())
+    assert set(results["memory"][0]["methods"]) == {"gradviz", "floor", "naive", "joint"}
+    assert {"load", "graph", "gradients", "total"} <= set(results["stages"][0]["stages"])
+    assert results["help_imports_tensorflow"] is False
+
+
+def test_unknown_model_is_a_usage_error(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--models", "nope",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "valid: shared_trunk" in proc.stderr

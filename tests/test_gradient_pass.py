@@ -1,0 +1,186 @@
+"""The compiled gradient pass: traced once, streamed over batches, checked against separate tapes."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from gradviz import api, loading, topology
+from gradviz import data as data_mod
+from gradviz.gradients import MEAN_GRADIENT, PER_BATCH, GradientPass, compute
+
+
+def _prepare(model: Any, batch_size: int, batches: int, seed: int = 0) -> tuple[Any, list[str], Any]:
+    """Terms, outputs and synthetic data, as ``analyze`` makes them."""
+    loaded = loading.from_model(model)
+    topo = topology.build_topology(model)
+    outputs = list(topo.outputs)
+    spec = api._spec(loaded, outputs, None, {}, topo)
+    inputs = api._input_infos(model, topo)
+    targets = api._target_infos(model, outputs, spec, loaded.custom_objects)
+    data = data_mod.synthetic(inputs, targets, batch_size=batch_size, batches=batches, seed=seed)
+    return spec.output_terms, outputs, data
+
+
+def _separate_gradients(model: Any, terms: Any, outputs: list[str], loss_fns: list[Any], x: Any, ys: Any,
+                        training: bool) -> list[list[np.ndarray]]:
+    """Per loss, per variable gradients from one eager GradientTape per loss (no gradviz code)."""
+    import tensorflow as tf
+
+    grads = []
+    for term, fn in zip(terms, loss_fns):
+        with tf.GradientTape() as tape:
+            pred = dict(zip(outputs, model(x[0], training=training)))
+            value = fn(tf.convert_to_tensor(ys[term.output]), pred[term.output])
+        grads.append([np.zeros(v.shape) if g is None else np.asarray(g, np.float64)
+                      for v, g in zip(model.trainable_variables, tape.gradient(value, model.trainable_variables))])
+    return grads
+
+
+def _gram(grads: list[list[np.ndarray]]) -> np.ndarray:
+    k = len(grads)
+    return np.array([[[float(np.vdot(grads[i][v], grads[j][v])) for j in range(k)] for i in range(k)]
+                     for v in range(len(grads[0]))])
+
+
+@pytest.mark.parametrize("mode", [MEAN_GRADIENT, PER_BATCH])
+def test_many_batches_trace_once(build_sample: Callable[..., Any], mode: str) -> None:
+    model = build_sample("shared_trunk")
+    terms, outputs, data = _prepare(model, batch_size=8, batches=6)
+    gradient_pass = GradientPass(model, terms, data, outputs, mode=mode)
+    first = gradient_pass.run(data)
+    traced = gradient_pass.tracing_count()
+    # mean-gradient: the accumulating step and the final reduction; per-batch: the statistics step
+    assert traced == (2 if mode == MEAN_GRADIENT else 1)
+    again = gradient_pass.run(data)
+    assert gradient_pass.tracing_count() == traced  # a second run reuses the traces too
+    np.testing.assert_array_equal(first.gram, again.gram)  # and starts its sums afresh
+
+
+def test_progress_reports_every_batch(build_sample: Callable[..., Any]) -> None:
+    model = build_sample("shared_trunk")
+    terms, outputs, data = _prepare(model, batch_size=4, batches=3)
+    seen: list[tuple[int, int]] = []
+    compute(model, terms, data, outputs, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+@pytest.mark.parametrize("mode", [MEAN_GRADIENT, PER_BATCH])
+def test_statistics_match_separate_tapes(build_sample: Callable[..., Any], mode: str) -> None:
+    """mean-gradient: Gram of the gradients averaged over batches; per-batch: average of per-batch Grams."""
+    model = build_sample("shared_trunk")
+    batches = 3
+    terms, outputs, data = _prepare(model, batch_size=16, batches=batches)
+    gradient_pass = GradientPass(model, terms, data, outputs, mode=mode, training=False)
+    stats = gradient_pass.run(data)
+    per_batch = []
+    for b in range(batches):
+        x, ys = data.batch(b)
+        per_batch.append(_separate_gradients(model, terms, outputs, gradient_pass.loss_fns, x, ys, training=False))
+    if mode == MEAN_GRADIENT:
+        mean = [[sum(pb[k][v] for pb in per_batch) / batches for v in range(len(per_batch[0][k]))]
+                for k in range(len(terms))]
+        expected = _gram(mean)
+    else:
+        expected = sum(_gram(pb) for pb in per_batch) / batches
+    np.testing.assert_allclose(stats.gram, expected, rtol=1e-5, atol=1e-9)
+    assert stats.batches == batches and stats.mode == mode
+
+
+def test_one_batch_matches_separate_tapes(build_sample: Callable[..., Any]) -> None:
+    model = build_sample("ticket_router")
+    terms, outputs, data = _prepare(model, batch_size=12, batches=1)
+    stats = compute(model, terms, data, outputs, training=False)
+    gradient_pass = GradientPass(model, terms, data, outputs, training=False)
+    x, ys = data.batch(0)
+    import tensorflow as tf
+
+    grads = []
+    for term, fn in zip(terms, gradient_pass.loss_fns):
+        with tf.GradientTape() as tape:
+            pred = dict(zip(outputs, model(x, training=False)))
+            value = fn(tf.convert_to_tensor(ys[term.output]), pred[term.output])
+        grads.append([np.zeros(v.shape) if g is None else np.asarray(tf.convert_to_tensor(g), np.float64)
+                      for v, g in zip(model.trainable_variables, tape.gradient(value, model.trainable_variables))])
+    np.testing.assert_allclose(stats.gram, _gram(grads), rtol=1e-5, atol=1e-9)
+    expected_max = np.array([[np.abs(grads[k][v]).max() for k in range(len(terms))]
+                             for v in range(len(grads[0]))])
+    np.testing.assert_allclose(stats.max_abs, expected_max, rtol=1e-6)
+
+
+def test_timings_cover_every_stage(sample_path: Callable[[str], Any]) -> None:
+    report = api.analyze(sample_path("shared_trunk"), batches=2)
+    timings = report.to_dict()["timings"]
+    assert set(timings) == {"load", "graph", "gradients", "analysis", "total"}
+    assert timings["gradients"] > 0
+    assert timings["total"] >= timings["load"] + timings["gradients"] - 1e-3
+    report.add_timing("render", 0.25)
+    assert report.timings["render"] == 0.25
+    assert report.to_dict()["timings"]["total"] == pytest.approx(timings["total"] + 0.25, abs=1e-3)
+
+
+@pytest.mark.parametrize("regularizer", ["kernel", "activity"])
+def test_mean_of_identical_batches_is_one_batch_with_regularization(regularizer: str) -> None:
+    """The regularization term's sums: foreseen (weight regularizers) or created in the trace (activity)."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((6,), name="features")
+    reg = {"kernel_regularizer" if regularizer == "kernel" else "activity_regularizer": keras.regularizers.l2(0.1)}
+    h = layers.Dense(8, activation="tanh", name="trunk", **reg)(x)
+    model = keras.Model(x, [layers.Dense(1, name="C")(h), layers.Dense(2, activation="softmax", name="D")(h)])
+    model.compile(loss=["mse", "categorical_crossentropy"])
+    terms, outputs, one = _prepare(model, batch_size=10, batches=1)
+    twice = data_mod.Data(tuple(np.concatenate([a, a]) for a in one.x),
+                          {k: np.concatenate([v, v]) for k, v in one.y.items()}, 10, 2, True)
+    expected = compute(model, terms, one, outputs)
+    gradient_pass = GradientPass(model, terms, twice, outputs)
+    for _ in range(2):
+        stats = gradient_pass.run(twice)
+        assert stats.loss_names == ("C", "D", "regularization")
+        np.testing.assert_allclose(stats.gram, expected.gram, rtol=1e-5, atol=1e-10)
+        np.testing.assert_array_equal(stats.exists, expected.exists)
+    assert gradient_pass.tracing_count() == (2 if regularizer == "kernel" else 3)
+
+
+def _wide_model(nan_weight: bool = False) -> Any:
+    """Variables larger than two Gram chunks (with a remainder), so the chunked float32 products run."""
+    import keras
+    from keras import layers
+
+    from gradviz.gradients import GRAM_CHUNK
+
+    keras.utils.set_random_seed(1)
+    x = keras.Input((300,), name="features")
+    h = layers.Dense(500, activation="tanh", name="wide")(x)
+    model = keras.Model(x, [layers.Dense(1, name="C")(h), layers.Dense(3, activation="softmax", name="D")(h)])
+    model.compile(loss=["mse", "categorical_crossentropy"])
+    assert 300 * 500 > 2 * GRAM_CHUNK and (300 * 500) % GRAM_CHUNK
+    if nan_weight:
+        kernel = model.get_layer("C").kernel
+        kernel.assign(np.where(np.arange(500)[:, None] == 7, np.nan, kernel.numpy()))
+    return model
+
+
+def test_chunked_gram_of_large_variables_matches_float64() -> None:
+    model = _wide_model()
+    terms, outputs, data = _prepare(model, batch_size=32, batches=1)
+    stats = compute(model, terms, data, outputs, training=False)
+    gradient_pass = GradientPass(model, terms, data, outputs, training=False)
+    x, ys = data.batch(0)
+    grads = _separate_gradients(model, terms, outputs, gradient_pass.loss_fns, x, ys, training=False)
+    np.testing.assert_allclose(stats.gram, _gram(grads), rtol=1e-6, atol=1e-12)
+    expected_max = np.array([[np.abs(grads[k][v]).max() for k in range(len(terms))] for v in range(len(grads[0]))])
+    np.testing.assert_allclose(stats.max_abs, expected_max, rtol=1e-6)
+    assert stats.finite.all()
+
+
+def test_chunked_gram_flags_non_finite_gradients() -> None:
+    model = _wide_model(nan_weight=True)
+    terms, outputs, data = _prepare(model, batch_size=8, batches=1)
+    stats = compute(model, terms, data, outputs, training=False)
+    wide = [i for i, v in enumerate(model.trainable_variables) if "wide" in v.path and "kernel" in v.path][0]
+    assert not stats.finite[wide, 0]  # loss C is NaN: so is its gradient at the big kernel
