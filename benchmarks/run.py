@@ -370,9 +370,10 @@ def markdown(results: dict[str, Any]) -> str:
         "Seconds per gradient pass over all batches (median of the repeats, after warm-up, methods interleaved), "
         "one process. **gradviz**: `GradientPass.run` - what `gradients.compute` (and so `analyze`) runs after "
         "tracing: one compiled forward + K backward passes with the per-variable Gram matrices reduced in the graph "
-        "(float64), mean-gradient mode (K float32 accumulators for more than one batch), results fetched to NumPy. "
+        "(float64, or float32 chunks summed in float64 for large variables), mean-gradient mode (K float32 accumulators for more than one batch), results fetched to NumPy. "
         "**floor**: one compiled forward under a persistent tape + one `tape.gradient` per loss, returning each "
-        "loss's squared gradient norm. **naive**: a compiled forward + backward pass per loss. **joint**: compiled "
+        "loss's squared gradient norm. **naive**: a forward + backward pass per loss, each loss its own compiled step "
+        "called in turn (one tf.function holding all K forward passes would let Grappler share them). **joint**: compiled "
         "`tape.jacobian` of the stacked losses (pfor). Peers call `model(x, training=True)`; gradviz calls "
         "`model.stateless_call(..., training=True)`. Synthetic data (seed 0) as NumPy arrays, sliced and converted per "
         "batch by every method; `tf.function` without XLA.",
