@@ -69,10 +69,7 @@ def build_peers(model: Any, outputs: Sequence[str], heads: Sequence[str], loss_f
     # One compiled step per loss, called in turn: the loop code samples write. (K forward passes
     # inside a single tf.function would let Grappler share the identical forward work between
     # them, which measures something close to the floor, not the naive loop.)
-    per_loss = [one_loss(k) for k in range(len(loss_fns))]
-
-    def naive(x: list[Any], ys: dict[str, Any]) -> Any:
-        return tf.stack([step(x, ys) for step in per_loss])
+    naive = _Steps([one_loss(k) for k in range(len(loss_fns))])
 
     @tf.function(reduce_retracing=True, autograph=False)
     def joint(x: list[Any], ys: dict[str, Any]) -> Any:
@@ -84,6 +81,22 @@ def build_peers(model: Any, outputs: Sequence[str], heads: Sequence[str], loss_f
         return tf.add_n(per_loss)
 
     return {"floor": floor, "naive": naive, "joint": joint}
+
+
+class _Steps:
+    """Compiled steps called in turn, with ``get_concrete_function`` like one tf.function (the
+    memory measurement traces a peer before running it)."""
+
+    def __init__(self, steps: Sequence[Any]) -> None:
+        self.steps = list(steps)
+
+    def __call__(self, x: list[Any], ys: dict[str, Any]) -> Any:
+        import tensorflow as tf
+
+        return tf.stack([step(x, ys) for step in self.steps])
+
+    def get_concrete_function(self, x: list[Any], ys: dict[str, Any]) -> list[Any]:
+        return [step.get_concrete_function(x, ys) for step in self.steps]
 
 
 def run_peer(peer: Peer, data: Any) -> Any:
