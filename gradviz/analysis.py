@@ -46,7 +46,8 @@ class Thresholds:
     Attributes:
         vanishing: a loss whose weighted gradient on the trunk is below this
             fraction of the largest other loss's is ``vanishing``.
-        dominated: a loss whose share of the trunk's gradient is at least this is ``dominated``.
+        dominated: a loss whose weighted gradient energy on the trunk, ``(w_k |g_k|)^2``, is at
+            least this fraction of all losses' added up is ``dominated``.
     """
 
     vanishing: float = 1e-3
@@ -356,7 +357,7 @@ def analyze_stats(
         if shared_vars
         else None
     )
-    colors = loss_colors(names)
+    colors = loss_colors(names, [n for n in names if term_by_name[n].is_regularization])
     losses = [
         LossInfo(n, term_by_name[n].loss, term_by_name[n].weight, float(stats.loss_values[k]), term_by_name[n].output,
                  colors[n])
@@ -644,7 +645,7 @@ def _findings(
             found.append(Finding(
                 "dead-layer", "warning",
                 f"loss '{name}': gradient exists but is exactly zero on {', '.join(dead)} "
-                "(dead ReLUs, saturated activations, or zero inputs)",
+                "(dead ReLUs, saturated activations, zero inputs, or a zero-gradient op such as sign)",
                 (name,), tuple(dead),
             ))
 
@@ -664,14 +665,18 @@ def _findings(
                         f"'{names[top]}''s ({others:.3g}); it barely trains the trunk",
                         (names[k], names[top]), (),
                     ))
+            # Judged on each loss's part of the weighted gradient energy, w_k^2 |g_k|^2 / sum_j w_j^2 |g_j|^2:
+            # its share if the gradients were orthogonal, and unlike the share it stays within [0, 1]
+            # when losses conflict (a loss pulling against the winner pushes the winner's share past 100%).
+            total = sum(w * w for w in weighted.values())
             for k in reaching:
-                share_k = trunk.share.get(names[k], 0.0)
-                if share_k >= thresholds.dominated:
+                magnitude = weighted[k] ** 2 / total if total > 0 else 0.0
+                if magnitude >= thresholds.dominated:
                     drowned = [names[j] for j in reaching if j != k]
                     found.append(Finding(
                         "dominated", "warning",
-                        f"loss '{names[k]}' provides {share_k:.1%} of the shared trunk's gradient; "
-                        f"{', '.join(drowned)} {'barely shapes' if len(drowned) == 1 else 'barely shape'} it",
+                        f"loss '{names[k]}' makes up {magnitude:.1%} of the weighted gradient energy on the "
+                        f"shared trunk; {', '.join(drowned)} {'barely shapes' if len(drowned) == 1 else 'barely shape'} it",
                         (names[k], *drowned), (),
                     ))
         for pair in trunk.pairs:

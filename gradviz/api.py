@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping
 from gradviz.analysis import Report, Thresholds, analyze_stats
 from gradviz.errors import LossSpecError
 from gradviz.gradients import MEAN_GRADIENT, Progress
-from gradviz.spec import REGULARIZATION, LossSpec, LossTerm
+from gradviz.spec import LossSpec, LossTerm, regularization_name
 
 
 @dataclass
@@ -101,7 +101,8 @@ def analyze(
         topo = topology.build_topology(keras_model)
     outputs = list(topo.outputs) or topology.output_names(keras_model)
     weights = dict(loss_weights or {})
-    reg_weight = weights.pop(REGULARIZATION, None)
+    reg_name = regularization_name(outputs)  # "model.losses" if an output is called "regularization"
+    reg_weight = weights.pop(reg_name, None)
     spec = _spec(loaded, outputs, losses, weights, topo)
     data_mod.check_counts(batch_size, batches)
     inputs = _input_infos(keras_model, topo)
@@ -117,7 +118,7 @@ def analyze(
         )
     if stats.has_regularization:
         spec = LossSpec(
-            spec.terms + (LossTerm(REGULARIZATION, None, "model.losses", 1.0 if reg_weight is None else reg_weight),),
+            spec.terms + (LossTerm(reg_name, None, "model.losses", 1.0 if reg_weight is None else reg_weight),),
             spec.unlossed_outputs,
         )
     elif reg_weight is not None:
@@ -164,7 +165,7 @@ def _input_infos(model: Any, topo: Any) -> list[Any]:
     from gradviz.data import TensorInfo
     from gradviz.topology import input_id_ranges, input_names
 
-    ranges = input_id_ranges(model)
+    ranges = input_id_ranges(topo)
     tensors = model.inputs if isinstance(model.inputs, (list, tuple)) else [model.inputs]
     if isinstance(model.inputs, dict):
         tensors = [model.inputs[k] for k in sorted(model.inputs)]

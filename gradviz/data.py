@@ -186,7 +186,7 @@ def load_npz(
                 _array(archive, keys, options, info, file, expected) for options, info in zip(expected_x, inputs)
             )
             ys = {
-                info.name: _array(archive, keys, options, info, file, expected)
+                info.name: _array(archive, keys, options, info, file, expected, target=True)
                 for options, info in zip(expected_y, targets)
             }
     except DataError:
@@ -219,7 +219,7 @@ def _keys(prefix: str, infos: Sequence[TensorInfo]) -> list[list[str]]:
 
 
 def _array(archive: np.lib.npyio.NpzFile, keys: set[str], options: list[str], info: TensorInfo, file: Path,
-           expected_keys: str = "") -> np.ndarray:
+           expected_keys: str = "", target: bool = False) -> np.ndarray:
     key = next((k for k in options if k in keys), None)
     if key is None:
         raise DataError(
@@ -236,9 +236,8 @@ def _array(archive: np.lib.npyio.NpzFile, keys: set[str], options: list[str], in
     want = info.shape[1:]
     if array.ndim == 0:
         raise DataError(f"{file}: '{key}' is a scalar; expected rows of shape {_fmt(want)}")
-    is_sparse_target = info.kind == "sparse" and array.ndim == len(info.shape) - 1
-    compare = want[:-1] if is_sparse_target else want
-    if not is_sparse_target and array.ndim != len(info.shape) and not (array.ndim == len(info.shape) + 1 and array.shape[-1] == 1):
+    compare = _comparable_dims(array.shape, info, target)
+    if compare is None:
         raise DataError(
             f"{file}: '{key}' has shape {_fmt(array.shape)}; '{info.name}' expects (rows, {', '.join(map(_dim, want))})"
         )
@@ -252,6 +251,32 @@ def _array(archive: np.lib.npyio.NpzFile, keys: set[str], options: list[str], in
             return array
         raise DataError(f"{file}: '{key}' has dtype {array.dtype}; expected numbers ({info.dtype})")
     return array
+
+
+def _comparable_dims(shape: tuple[int, ...], info: TensorInfo, target: bool) -> tuple[int | None, ...] | None:
+    """The model dims an array's non-batch dims must match, or None when its rank cannot fit.
+
+    Inputs take the model's rank (or one more trailing 1). Targets also take what Keras's
+    losses accept (``squeeze_or_expand_to_same_rank``): one rank less when the output's last
+    dim is 1, and class ids for sparse losses, as ``(rows, ...)`` or ``(rows, ..., 1)``.
+
+    Example:
+        >>> out = TensorInfo("y", (None, 1), "float32")
+        >>> _comparable_dims((8,), out, True), _comparable_dims((8, 1), out, True), _comparable_dims((8,), out, False)
+        ((), (1,), None)
+        >>> ids = TensorInfo("y", (None, 5), "float32", kind="sparse")
+        >>> _comparable_dims((8,), ids, True), _comparable_dims((8, 1), ids, True)
+        ((), ())
+    """
+    rank = len(info.shape)
+    want = info.shape[1:]
+    if len(shape) == rank + 1 and shape[-1] == 1:
+        return want
+    if target and want and len(shape) == rank - 1 and (info.kind == "sparse" or want[-1] == 1):
+        return want[:-1]
+    if target and want and info.kind == "sparse" and len(shape) == rank and shape[-1] == 1:
+        return want[:-1]
+    return want if len(shape) == rank else None
 
 
 def _check_values(file: Path, name: str, array: np.ndarray, id_range: int | None) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from gradviz.data import Data
 from gradviz.errors import DataError, LossSpecError
-from gradviz.spec import REGULARIZATION, LossTerm, resolve_loss
+from gradviz.spec import LossTerm, regularization_name, resolve_loss
 from gradviz.topology import output_tensors
 
 if TYPE_CHECKING:
@@ -66,11 +66,7 @@ class GradientStats:
     loss_values: np.ndarray
     batches: int
     mode: str
-
-    @property
-    def has_regularization(self) -> bool:
-        """Whether the model contributed a ``model.losses`` term."""
-        return REGULARIZATION in self.loss_names
+    has_regularization: bool = False
 
 
 def model_outputs(model: keras.Model, output_names: Sequence[str], y_pred: Any) -> dict[str, Any]:
@@ -367,11 +363,14 @@ class GradientPass:
             divide = 1.0
         else:
             divide = float(data.batches)
-        names = tuple(t.name for t in self.terms) + ((REGULARIZATION,) if self.structure["regularization"] else ())
+        output_names = [t.name for t in self.terms]
+        regularization = bool(self.structure["regularization"])
+        names = tuple(output_names) + ((regularization_name(output_names),) if regularization else ())
         assert loss_sum is not None and stat_sums is not None
         exists = self.structure["exists"]
         return _assemble(
-            names, exists, _unpack(stat_sums, exists), loss_sum / data.batches, divide, data.batches, self.mode
+            names, exists, _unpack(stat_sums, exists), loss_sum / data.batches, divide, data.batches, self.mode,
+            regularization,
         )
 
 
@@ -406,6 +405,7 @@ def _assemble(
     divide: float,
     batches: int,
     mode: str,
+    has_regularization: bool = False,
 ) -> GradientStats:
     k = len(names)
     v = len(stats)
@@ -422,7 +422,9 @@ def _assemble(
         gram[var][np.ix_(present, present)] = g / divide
         max_abs[var, present] = m
         finite[var, present] = f
-    return GradientStats(names, gram, exists, max_abs, finite, np.asarray(loss_values, dtype=np.float64), batches, mode)
+    return GradientStats(
+        names, gram, exists, max_abs, finite, np.asarray(loss_values, dtype=np.float64), batches, mode, has_regularization
+    )
 
 
 def _output_shape(model: keras.Model, output_names: Sequence[str], name: str) -> tuple[Any, ...]:

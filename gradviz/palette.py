@@ -22,8 +22,12 @@ OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "
 REGULARIZATION_COLOR = "#999999"
 
 
-def loss_colors(names: Sequence[str]) -> dict[str, str]:
+def loss_colors(names: Sequence[str], regularization: Sequence[str] = (REGULARIZATION,)) -> dict[str, str]:
     """Map loss names, in report order, to colours (cycling after seven losses).
+
+    Args:
+        names: the losses, in report order.
+        regularization: the names of ``model.losses`` terms (grey).
 
     Example:
         >>> loss_colors(["C", "D", "regularization"])
@@ -32,7 +36,7 @@ def loss_colors(names: Sequence[str]) -> dict[str, str]:
     colors: dict[str, str] = {}
     index = 0
     for name in names:
-        if name == REGULARIZATION:
+        if name in regularization:
             colors[name] = REGULARIZATION_COLOR
             continue
         colors[name] = OKABE_ITO[index % len(OKABE_ITO)]

@@ -230,7 +230,8 @@ def build_spec(
     loss_overrides = dict(loss_overrides or {})
     weight_overrides = dict(weight_overrides or {})
     layers = set(layer_names)
-    valid_weight_names = set(outputs) | ({REGULARIZATION} if has_regularization else set())
+    reg_name = regularization_name(outputs)
+    valid_weight_names = set(outputs) | ({reg_name} if has_regularization else set())
     for name in [k for k in loss_overrides if k is not None]:
         _check_output(name, outputs, layers, "--loss")
     for name in weight_overrides:
@@ -264,10 +265,10 @@ def build_spec(
     if has_regularization:
         terms.append(
             LossTerm(
-                REGULARIZATION,
+                reg_name,
                 None,
                 "model.losses",
-                float(weight_overrides.get(REGULARIZATION, 1.0)),
+                float(weight_overrides.get(reg_name, 1.0)),
             )
         )
     return LossSpec(tuple(terms), tuple(unlossed))
@@ -278,6 +279,16 @@ def _check_output(name: str, outputs: Sequence[str], layers: set[str], option: s
         return
     hint = f" ('{name}' is an intermediate layer: only outputs carry a loss)" if name in layers else ""
     raise LossSpecError(f"{option}: '{name}' is not an output of the model; outputs are: {', '.join(outputs)}{hint}")
+
+
+def regularization_name(taken: Iterable[str]) -> str:
+    """The name of the ``model.losses`` term: ``regularization``, unless an output has that name.
+
+    Example:
+        >>> regularization_name(["C", "D"]), regularization_name(["regularization"])
+        ('regularization', 'model.losses')
+    """
+    return REGULARIZATION if REGULARIZATION not in set(taken) else "model.losses"
 
 
 def is_serialized_object(value: Any) -> bool:

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     import keras
 
 #: Operations and layers that have no gradient (or whose output is integer):
-#: a loss's gradient cannot flow back through them.
+#: a loss's gradient cannot flow back through them. (``sign`` is not here: its
+#: gradient exists and is zero, which shows as a dead layer; ``top_k``'s values
+#: pass gradients.)
 GRADIENT_BLOCKING = frozenset(
     {
         "StopGradient",
@@ -35,7 +37,6 @@ GRADIENT_BLOCKING = frozenset(
         "Round",
         "Floor",
         "Ceil",
-        "Sign",
         "Equal",
         "NotEqual",
         "Greater",
@@ -47,7 +48,6 @@ GRADIENT_BLOCKING = frozenset(
         "LogicalNot",
         "LogicalXor",
         "OneHot",
-        "TopK",
         "Discretization",
         "Hashing",
         "StringLookup",
@@ -102,12 +102,45 @@ class Topology:
 
 
 def output_names(model: keras.Model) -> list[str]:
-    """The model's output names, in order (Keras's ``output_names``)."""
-    names = getattr(model, "output_names", None)
-    if names:
-        return [str(n) for n in names]
-    outputs = _flat(getattr(model, "outputs", None) or [])
-    return [_history(t)[0].name if _history(t) else f"output_{i}" for i, t in enumerate(outputs)]
+    """The model's output names, in the order of ``model.outputs``, made unique.
+
+    A model built with a dict of outputs is named by its keys (what ``compile``
+    matches a dict of losses against), in Keras's flattening order (sorted
+    keys). Otherwise Keras's ``output_names``, which repeats a name when one
+    operation gives several outputs (``ops.split``): repeats get ``_1``, ``_2``
+    so that every output keeps its own loss.
+    """
+    struct = getattr(model, "_outputs_struct", None)
+    if isinstance(struct, dict) and struct:
+        names = [str(k) for k in sorted(struct)]
+    else:
+        names = [str(n) for n in (getattr(model, "output_names", None) or [])]
+    if not names:
+        outputs = _flat(getattr(model, "outputs", None) or [])
+        names = [_history(t)[0].name if _history(t) else f"output_{i}" for i, t in enumerate(outputs)]
+    return unique_names(names)
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Suffix repeated names with ``_1``, ``_2``, ... (skipping names already taken).
+
+    Example:
+        >>> unique_names(["split", "split", "c", "split_1"])
+        ['split', 'split_2', 'c', 'split_1']
+    """
+    taken = set(names)
+    seen: set[str] = set()
+    result = []
+    for name in names:
+        if name in seen:
+            n = 1
+            while f"{name}_{n}" in taken:
+                n += 1
+            name = f"{name}_{n}"
+            taken.add(name)
+        seen.add(name)
+        result.append(name)
+    return result
 
 
 def output_tensors(model: keras.Model) -> list[Any]:
@@ -143,25 +176,18 @@ def build_topology(model: keras.Model) -> Topology:
     return Topology(walker.graph, output_map, inputs, variables, walker.complete)
 
 
-def input_id_ranges(model: keras.Model) -> dict[str, int]:
-    """For each integer model input feeding an Embedding, its vocabulary size.
+def input_id_ranges(topology: Topology) -> dict[str, int]:
+    """For each model input that feeds an Embedding (at any nesting depth), its vocabulary size.
 
-    Synthetic data draws ids in ``[0, input_dim)`` for these inputs.
+    Synthetic data draws ids in ``[0, input_dim)`` for these inputs (the smallest
+    vocabulary when one input feeds several Embeddings).
     """
+    graph = topology.graph
     ranges: dict[str, int] = {}
-    functional = _functional_of(model)
-    if functional is None:
-        return ranges
-    by_tensor = {id(t): str(getattr(t, "name", f"input_{i}")) for i, t in enumerate(_flat(functional.inputs))}
-    for node in _nodes_in_order(functional):
-        op = node.operation
-        if type(op).__name__ != "Embedding":
-            continue
-        for tensor in node.input_tensors:
-            name = by_tensor.get(id(tensor))
-            if name is not None:
-                dim = int(getattr(op, "input_dim", 0) or 0)
-                ranges[name] = min(ranges.get(name, dim), dim) if name in ranges else dim
+    for name, node in topology.inputs.items():
+        dims = [graph.nodes[n]["input_dim"] for n in graph.successors(node) if graph.nodes[n].get("input_dim")]
+        if dims:
+            ranges[name] = min(dims)
     return ranges
 
 
@@ -250,6 +276,7 @@ class _Walker:
             output_shape=_shape_text(output),
             activation=getattr(activation, "__name__", None) if activation is not None else None,
             blocks_gradient=_is_blocking(op),
+            input_dim=int(getattr(op, "input_dim", 0) or 0) if type(op).__name__ == "Embedding" else None,
         )
         self.discovery[name] = len(self.discovery)
         self.owner.setdefault(id(op), name)

@@ -144,3 +144,68 @@ def test_multi_input_sample(build_sample: Any) -> None:
     assert report.layer("embedding").status == "shared"
     assert {l.name for l in report.losses} == {"priority", "department"}
     assert report.layer("embedding").pairs[0].losses == ("priority", "department")
+
+
+def test_dict_outputs_are_named_by_their_keys_as_compile_matches_them() -> None:
+    x = keras.Input((4,), name="x")
+    h = layers.Dense(4, name="h")(x)
+    model = keras.Model(x, {"kind": layers.Dense(2, activation="softmax", name="dense_b")(h),
+                            "age": layers.Dense(1, name="dense_a")(h)})
+    model.compile(loss={"kind": "categorical_crossentropy", "age": "mse"}, loss_weights={"kind": 0.5, "age": 2.0})
+    report = gradviz.analyze(model, batch_size=4)
+    assert {(l.name, l.loss, l.weight) for l in report.losses} == {("age", "mse", 2.0), ("kind", "categorical_crossentropy", 0.5)}
+    assert report.layer("dense_a").reached_by == ("age",) and report.layer("dense_b").reached_by == ("kind",)
+
+
+def test_outputs_of_one_op_keep_their_own_losses() -> None:
+    x = keras.Input((4,), name="x")
+    p, q = ops.split(layers.Dense(4, name="pq")(x), 2, axis=-1)
+    model = keras.Model(x, [p, q, layers.Dense(1, name="c")(x)])
+    model.compile(loss=["mse", "mae", "mse"])
+    report = gradviz.analyze(model, batch_size=4)
+    assert [(l.name, l.loss) for l in report.losses] == [("split", "mse"), ("split_1", "mae"), ("c", "mse")]
+    assert report.layer("c").reached_by == ("c",) and not report.findings_of("blocked-path")
+
+
+def test_an_output_called_regularization_keeps_its_loss() -> None:
+    x = keras.Input((4,), name="x")
+    h = layers.Dense(4, name="h", kernel_regularizer="l2")(x)
+    model = keras.Model(x, [layers.Dense(1, name="regularization")(h), layers.Dense(1, name="other")(h)])
+    model.compile(loss="mse", loss_weights=[0.5, 1.0])
+    report = gradviz.analyze(model, batch_size=4)
+    assert [(l.name, l.output, l.weight) for l in report.losses] == [
+        ("regularization", "regularization", 0.5), ("other", "other", 1.0), ("model.losses", None, 1.0),
+    ]
+    assert report.layer("h").status == "shared" and report.layer("regularization").status == "exclusive"
+
+
+def test_a_conflicting_loss_is_not_reported_as_drowned(tmp_path: Any) -> None:
+    x = keras.Input((4,), name="x")
+    c = layers.Dense(1, name="c", kernel_initializer="zeros")(layers.Dense(8, name="trunk")(x))
+    model = keras.Model(x, [c, ops.negative(c)])
+    model.compile(loss="mse", loss_weights=[1.0, 0.5])
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((8, 1)).astype("float32") + 3.0
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((8, 4)).astype("float32"),
+             **{"y:c": y, f"y:{report_name(model)}": y})
+    report = gradviz.analyze(model, data=tmp_path / "d.npz", batch_size=8)
+    assert report.trunk is not None and report.trunk.share["c"] > 1.0  # the other loss pulls against it
+    assert not report.findings_of("dominated")
+    assert any(f.severity == "warning" for f in report.findings_of("conflict"))
+
+
+def report_name(model: keras.Model) -> str:
+    from gradviz.topology import output_names
+
+    return output_names(model)[1]
+
+
+def test_synthetic_ids_respect_an_embedding_inside_a_nested_model() -> None:
+    inner_in = keras.Input((5,), dtype="int32", name="ids_inner")
+    inner = keras.Model(inner_in, layers.GlobalAveragePooling1D()(layers.Embedding(3, 4, name="emb")(inner_in)),
+                        name="encoder")
+    ids = keras.Input((5,), dtype="int32", name="ids")
+    model = keras.Model(ids, layers.Dense(1, name="out")(inner(ids)))
+    model.compile(loss="mse")
+    report = gradviz.analyze(model, batch_size=16)
+    assert report.layer("encoder/emb").status == "exclusive"

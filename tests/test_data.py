@@ -83,3 +83,14 @@ def test_ids_out_of_range_are_rejected(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", x=np.full((2, 5), 9, "int32"))
     with pytest.raises(DataError, match=r"ids from 9 to 9; its Embedding takes ids in \[0, 7\)"):
         load_npz(tmp_path / "d.npz", [IDS], [], batch_size=2, batches=1)
+
+
+@pytest.mark.parametrize("shape, kind, y", [
+    ((None, 1), "real", np.zeros((4,), "float32")),            # regression targets without the trailing 1
+    ((None, 5), "sparse", np.zeros((4, 1), "int32")),          # class ids with a trailing 1
+    ((None, 5), "sparse", np.zeros((4,), "int32")),            # class ids
+])
+def test_npz_targets_in_shapes_keras_accepts(tmp_path: Path, shape, kind, y):  # type: ignore[no-untyped-def]
+    np.savez(tmp_path / "d.npz", x=np.ones((4, 3), "float32"), y=y)
+    data = load_npz(tmp_path / "d.npz", [X], [TensorInfo("out", shape, "float32", kind=kind)], batch_size=4, batches=1)
+    assert data.y["out"].shape == y.shape

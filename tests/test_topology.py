@@ -87,7 +87,7 @@ def test_multi_input_and_embedding_ranges(build_sample: Any) -> None:
     model = build_sample("ticket_router")
     topo = build_topology(model)
     assert set(topo.inputs) == {"text_ids", "tabular"}
-    assert input_id_ranges(model) == {"text_ids": 500}
+    assert input_id_ranges(topo) == {"text_ids": 500}
     assert ("text_ids", "embedding") in topo.graph.edges
     assert topo.graph.nodes["concat"]["trainable_params"] == 0
 
