@@ -710,6 +710,15 @@ def _findings(
                 "behind another? (a Sequential model has one output; use the functional API for two heads)",
                 (), (info.name, downstream[0]),
             ))
+    half = sorted(n for n in graph if graph.nodes[n].get("compute_dtype") in ("float16", "bfloat16")
+                  and graph.nodes[n].get("trainable_params", 0) > 0)
+    if half:
+        found.append(Finding(
+            "mixed-precision", "info",
+            f"{len(half)} layer(s) compute in float16/bfloat16; gradviz differentiates the unscaled loss, so "
+            "gradients below float16's range can show as 0 (dead) where Keras's LossScaleOptimizer would scale them",
+            (), tuple(_ordered(half, graph)),
+        ))
     if not topology.complete:
         found.append(Finding(
             "incomplete-graph", "info",

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from gradviz.analysis import Report, Thresholds, analyze_stats
-from gradviz.errors import LossSpecError
+from gradviz.errors import LossSpecError, ModelLoadError
 from gradviz.gradients import MEAN_GRADIENT, Progress
 from gradviz.spec import LossSpec, LossTerm, regularization_name
 
@@ -100,6 +100,11 @@ def analyze(
     with timer.stage("graph"):
         topo = topology.build_topology(keras_model)
     outputs = list(topo.outputs) or topology.output_names(keras_model)
+    if not outputs:
+        raise ModelLoadError(
+            f"gradviz cannot name the outputs of {keras_model.name!r}, a subclassed model; wrap it in a functional "
+            "model: x = keras.Input(shape); keras.Model(x, model(x)), then save or pass that"
+        )
     weights = dict(loss_weights or {})
     reg_name = regularization_name(outputs)  # "model.losses" if an output is called "regularization"
     reg_weight = weights.pop(reg_name, None)

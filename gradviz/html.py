@@ -84,6 +84,13 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
         "unknown, so blocked paths cannot be located there.",
         "Build that part with the functional API to get the full graph.",
     ),
+    "mixed-precision": (
+        "These layers compute in float16. gradviz differentiates the loss as it is, without the loss scaling "
+        "Keras's LossScaleOptimizer applies in training, so gradients smaller than float16 can represent "
+        "show as 0 here even though training would see them.",
+        "Treat zero or dead figures on these layers with suspicion; inspect a float32 copy of the model "
+        "(keras.mixed_precision.set_global_policy('float32') before building) for exact figures.",
+    ),
 }
 GENERIC = ("See the message for details.", "")
 

@@ -19,6 +19,13 @@ SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 STATUS_STYLE = {"shared": "green", "exclusive": "blue", "dead": "red", "unreached": "magenta", "no-trainable-weights": "dim"}
 
 
+def folded(table: Table) -> Table:
+    """Wrap long cells onto more lines instead of cutting them with '…' (narrow terminals)."""
+    for column in table.columns:
+        column.overflow = "fold"
+    return table
+
+
 def fmt(x: float | None) -> str:
     """A gradient figure in 3 significant digits; '-' for a gradient that does not exist.
 
@@ -65,7 +72,7 @@ def summary(report: Report, *, all_layers: bool = False, width: int = 120, color
             label, loss.loss, f"{loss.weight:g}", fmt(loss.value),
             fmt(None if trunk_norm is None else loss.weight * trunk_norm),
         )
-    console.print(losses)
+    console.print(folded(losses))
 
     console.print("\n[bold]Layers[/bold]: gradient L2 norm of each unweighted loss; combined = what training applies")
     layers = Table(show_edge=False)
@@ -87,7 +94,7 @@ def summary(report: Report, *, all_layers: bool = False, width: int = 120, color
             fmt(info.combined_grad_norm),
             Text(info.status, style=STATUS_STYLE.get(info.status, "")),
         )
-    console.print(layers)
+    console.print(folded(layers))
     counts = Counter(info.status for info in report.layers if info.trainable_params > 0)
     parts = [f"{counts[s]} {s}" for s in STATUSES if counts.get(s)]
     tail = f" ({hidden} operations and weightless layers not listed; --all-layers shows them)" if hidden else ""

@@ -275,6 +275,7 @@ class _Walker:
             variables=[],
             output_shape=_shape_text(output),
             activation=getattr(activation, "__name__", None) if activation is not None else None,
+            compute_dtype=str(getattr(op, "compute_dtype", "") or ""),
             blocks_gradient=_is_blocking(op),
             input_dim=int(getattr(op, "input_dim", 0) or 0) if type(op).__name__ == "Embedding" else None,
         )

@@ -24,7 +24,7 @@ from rich.text import Text
 from gradviz import output
 from gradviz.render import RenderOptions
 from gradviz.errors import OutputError
-from gradviz.report import SEVERITY_STYLE, fmt
+from gradviz.report import SEVERITY_STYLE, fmt, folded
 from gradviz.weighting import CURRENT, TRUNK, Scenario, WhatIf
 
 PLOT_FORMATS = ("png", "svg")
@@ -107,7 +107,7 @@ def summary(what_if: WhatIf, *, width: int = 120, color: bool = False) -> str:
                 f"{len(negative)} of {len(shared_infos)}" + (f": {', '.join(negative[:4])}" if negative else "")
                 + (" ..." if len(negative) > 4 else ""),
             )
-        console.print(table)
+        console.print(folded(table))
 
     console.print("\n[bold]Scenarios[/bold]: weights, and each loss's share of the applied gradient on the trunk"
                   if shared else "\n[bold]Scenarios[/bold]: weights")
@@ -119,15 +119,16 @@ def summary(what_if: WhatIf, *, width: int = 120, color: bool = False) -> str:
         table.add_column("trunk grad", justify="right")
         for name in names:
             table.add_column(f"share {name}", justify="right")
-    table.add_column("findings")
+    kinds = [", ".join(sorted({f.kind for f in scenario.findings})) for scenario in what_if.scenarios]
+    table.add_column("findings", min_width=max([len(k) for k in kinds] + [8]))
     for scenario in what_if.scenarios:
         row = [scenario.label] + [f"{scenario.weights[n]:.4g}" for n in names]
         if base.trunk is not None:
             row.append(fmt(scenario.trunk.combined_grad_norm if scenario.trunk else None))
             row += [_share(scenario, n) for n in names]
-        row.append(", ".join(sorted({f.kind for f in scenario.findings})))
+        row.append(kinds[what_if.scenarios.index(scenario)])
         table.add_row(*row, style="bold" if scenario.source == CURRENT else "")
-    console.print(table)
+    console.print(folded(table))
 
     suggestion = what_if.suggestion
     if suggestion is not None:

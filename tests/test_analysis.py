@@ -209,3 +209,33 @@ def test_synthetic_ids_respect_an_embedding_inside_a_nested_model() -> None:
     model.compile(loss="mse")
     report = gradviz.analyze(model, batch_size=16)
     assert report.layer("encoder/emb").status == "exclusive"
+
+
+def test_mixed_precision_is_said() -> None:
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        x = keras.Input((4,), name="x")
+        h = layers.Dense(4, name="h")(x)
+        model = keras.Model(x, [layers.Dense(1, name="a", dtype="float32")(h), layers.Dense(1, name="b", dtype="float32")(h)])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.compile(loss="mse")
+    (finding,) = gradviz.analyze(model, batch_size=4).findings_of("mixed-precision")
+    assert finding.layers == ("h",) and "LossScaleOptimizer" in finding.message
+
+
+def test_top_level_subclassed_model_gets_a_clear_error() -> None:
+    class Two(keras.Model):
+        def __init__(self) -> None:
+            super().__init__(name="two")
+            self.a = layers.Dense(4)
+            self.b = layers.Dense(1)
+
+        def call(self, x: Any) -> Any:
+            return self.b(self.a(x))
+
+    model = Two()
+    model(np.zeros((1, 3), "float32"))
+    model.compile(loss="mse")
+    with pytest.raises(gradviz.GradvizError, match=r"subclassed model; wrap it in a functional model"):
+        gradviz.analyze(model)
