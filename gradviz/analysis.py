@@ -526,6 +526,8 @@ def _findings(
     trainable = [info for info in layers if info.trainable_params > 0]
     dead_heads: set[str] = set()
 
+    for note in spec.notes:
+        found.append(Finding("keras-weight-order", "warning", note, spec.names, ()))
     for output in spec.unlossed_outputs:
         found.append(Finding(
             "no-loss-output", "warning",

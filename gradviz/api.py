@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -122,9 +122,8 @@ def analyze(
             custom_objects=loaded.custom_objects, progress=progress,
         )
     if stats.has_regularization:
-        spec = LossSpec(
-            spec.terms + (LossTerm(reg_name, None, "model.losses", 1.0 if reg_weight is None else reg_weight),),
-            spec.unlossed_outputs,
+        spec = replace(
+            spec, terms=spec.terms + (LossTerm(reg_name, None, "model.losses", 1.0 if reg_weight is None else reg_weight),)
         )
     elif reg_weight is not None:
         raise LossSpecError(

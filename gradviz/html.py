@@ -84,6 +84,13 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
         "unknown, so blocked paths cannot be located there.",
         "Build that part with the functional API to get the full graph.",
     ),
+    "keras-weight-order": (
+        "The model was compiled with a list of losses and a dict of loss weights. Keras cannot match them by "
+        "name: it takes the dict's values in sorted-key order and gives them to the outputs by position, so "
+        "an output may train with another output's weight. gradviz reports the weights Keras really uses.",
+        "Compile with loss and loss_weights of the same form: both dicts keyed by output name, or both lists "
+        "in output order.",
+    ),
     "mixed-precision": (
         "These layers compute in float16. gradviz differentiates the loss as it is, without the loss scaling "
         "Keras's LossScaleOptimizer applies in training, so gradients smaller than float16 can represent "

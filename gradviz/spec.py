@@ -84,6 +84,8 @@ class LossSpec:
 
     terms: tuple[LossTerm, ...]
     unlossed_outputs: tuple[str, ...] = ()
+    #: what the saved config does that its author may not expect (reported as findings)
+    notes: tuple[str, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -112,7 +114,7 @@ class LossSpec:
                 f"unknown loss {', '.join(map(repr, unknown))}; valid: {', '.join(self.names)}"
             )
         terms = tuple(replace(t, weight=float(weights.get(t.name, t.weight))) for t in self.terms)
-        return LossSpec(terms, self.unlossed_outputs)
+        return replace(self, terms=terms)
 
 
 _ASSIGNMENT = re.compile(r"^\s*([^=]+?)\s*=\s*(.*?)\s*$")
@@ -239,7 +241,8 @@ def build_spec(
             _check_output(name, outputs, layers, "--loss-weight")
 
     per_output = _losses_per_output(outputs, saved_loss)
-    weights = _weights_per_output(outputs, saved_weights, per_output)
+    notes: list[str] = []
+    weights = _weights_per_output(outputs, saved_weights, per_output, isinstance(saved_loss, (list, tuple)), notes)
     if None in loss_overrides:
         per_output = [[loss_overrides[None]] for _ in outputs]
     for index, name in enumerate(outputs):
@@ -271,7 +274,7 @@ def build_spec(
                 float(weight_overrides.get(reg_name, 1.0)),
             )
         )
-    return LossSpec(tuple(terms), tuple(unlossed))
+    return LossSpec(tuple(terms), tuple(unlossed), tuple(notes))
 
 
 def _check_output(name: str, outputs: Sequence[str], layers: set[str], option: str) -> None:
@@ -387,13 +390,27 @@ def _check_saved_names(mapping: dict[Any, Any], outputs: list[str], what: str, o
         )
 
 
-def _weights_per_output(outputs: list[str], weights: Any, per_output: list[list[Any]]) -> list[float]:
+def _weights_per_output(outputs: list[str], weights: Any, per_output: list[list[Any]], loss_is_list: bool,
+                        notes: list[str]) -> list[float]:
     n = len(outputs)
     if weights is None:
         return [1.0] * n
     if isinstance(weights, dict):
         _check_saved_names(weights, outputs, "the saved loss_weights", "--loss-weight OUTPUT=W")
         values = [weights.get(name, 1.0) for name in outputs]
+        if loss_is_list and len(weights) == n:
+            # CompileLoss cannot match a dict of weights to a list of losses by name: it flattens
+            # the dict (sorted keys) and pairs the values with the losses by position.
+            keras_values = [weights[key] for key in sorted(weights)]
+            if keras_values != values:
+                notes.append(
+                    "loss is a list but loss_weights a dict: Keras pairs the dict's values with the outputs by "
+                    "position in sorted-key order, so training uses "
+                    + ", ".join(f"{o}={w:g}" for o, w in zip(outputs, keras_values))
+                    + " (not " + ", ".join(f"{o}={w:g}" for o, w in zip(outputs, values))
+                    + "); gradviz analyses what Keras trains. Compile with a dict loss, or list weights"
+                )
+                values = keras_values
     elif isinstance(weights, (list, tuple)):
         flat = list(weights)
         if len(flat) == n:

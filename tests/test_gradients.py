@@ -231,3 +231,22 @@ def test_inference_mode_changes_batchnorm_gradients() -> None:
     infer = gradviz.analyze(model, batch_size=8, training=False)
     assert train.layer("encoder/dense").grad_norm["h1"] != pytest.approx(infer.layer("encoder/dense").grad_norm["h1"])
     assert infer.meta["training"] is False
+
+
+def test_list_losses_with_dict_weights_are_weighted_as_keras_trains_them(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(7)
+    x_in = keras.Input((4,), name="x")
+    h = layers.Dense(6, name="h")(x_in)
+    model = keras.Model(x_in, [layers.Dense(1, name="out_b")(h), layers.Dense(1, name="out_a")(h)])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0), loss=["mse", "mse"],
+                  loss_weights={"out_b": 1.0, "out_a": 0.1})
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 4)).astype("float32")
+    y = {"out_b": rng.standard_normal((8, 1)).astype("float32"), "out_a": rng.standard_normal((8, 1)).astype("float32")}
+    report = gradviz.analyze(model, data=_write_npz(tmp_path / "d.npz", {"x": x}, y), batch_size=8)
+    (finding,) = report.findings_of("keras-weight-order")
+    assert "out_b=0.1, out_a=1" in finding.message
+    applied, _, keras_loss = _keras_step_gradients(model, x, [y["out_b"], y["out_a"]])
+    assert sum(l.weight * l.value for l in report.losses) == pytest.approx(keras_loss, rel=1e-5)
+    for var in report.variables:
+        assert var.combined_grad_norm == pytest.approx(np.linalg.norm(applied[var.path]), rel=1e-4), var.path
