@@ -205,14 +205,23 @@ class GradientPass:
             # models. float32 matrix products over chunks of GRAM_CHUNK entries, summed in
             # float64, stay within ~1e-7 of the float64 Gram (a plain float32 product over
             # millions of entries drifts to ~1e-4).
-            flats = [tf.reshape(tf.cast(g, tf.float32), [-1]) for g in per_loss]
+            raw = [tf.reshape(tf.cast(g, tf.float32), [-1]) for g in per_loss]
+            max_abs = tf.stack([tf.reduce_max(tf.abs(f)) for f in raw])
+            # Each gradient is divided by a power of two near its largest entry first, so float32
+            # products neither underflow (gradients ~1e-21) nor overflow (~1e21); dividing by a
+            # power of two is exact, and the scales are multiplied back in float64.
+            usable = tf.where(tf.math.is_finite(max_abs) & (max_abs > 0), max_abs, tf.ones_like(max_abs))
+            exponent = tf.clip_by_value(tf.math.floor(tf.math.log(usable) / np.log(2.0)), -126.0, 127.0)
+            scale = tf.pow(tf.constant(2.0, tf.float32), exponent)
+            flats = [f / scale[k] for k, f in enumerate(raw)]
             head = chunks * GRAM_CHUNK
             blocks = tf.stack([tf.reshape(f[:head], [chunks, GRAM_CHUNK]) for f in flats], axis=1)  # (c, K, m)
             gram = tf.reduce_sum(tf.cast(tf.matmul(blocks, blocks, transpose_b=True), tf.float64), axis=0)
             if head < size:
                 tail = tf.cast(tf.stack([f[head:] for f in flats]), tf.float64)
                 gram += tf.matmul(tail, tail, transpose_b=True)
-            max_abs = tf.stack([tf.reduce_max(tf.abs(f)) for f in flats])
+            scale64 = tf.cast(scale, tf.float64)
+            gram = gram * scale64[:, None] * scale64[None, :]
             # A NaN or infinite entry makes the sum of squares non-finite, so a finite diagonal
             # proves the gradient finite without another pass; only a non-finite one (or a
             # float32 overflow of the squares) is checked entry by entry.

@@ -514,10 +514,25 @@ def resolve_loss(identifier: Any, output_dim: int | None, target_rank_lower: boo
 
 
 def _wrap(fn: Any, name: str) -> Any:
-    """Wrap a loss function the way ``compile()`` does (mean over the batch)."""
+    """Wrap a loss function the way ``compile()`` does (mean over the batch).
+
+    The wrapper's name becomes a TensorFlow name scope, which refuses names such as
+    ``<lambda>``; the name users see (``LossTerm.loss``) is kept apart and unchanged.
+    """
     from keras.src.losses import LossFunctionWrapper  # what compile_utils.get_loss uses
 
-    return LossFunctionWrapper(fn, name=name)
+    return LossFunctionWrapper(fn, name=scope_name(name))
+
+
+def scope_name(name: str) -> str:
+    """A name TensorFlow accepts as a name scope.
+
+    Example:
+        >>> scope_name("<lambda>"), scope_name("mse"), scope_name("my loss")
+        ('lambda', 'mse', 'my_loss')
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9_./-]", "_", name).strip("_")
+    return cleaned if re.match(r"[A-Za-z0-9.]", cleaned) else f"loss_{cleaned}".rstrip("_")
 
 
 def target_kind(loss: Any) -> str:

@@ -250,3 +250,21 @@ def test_list_losses_with_dict_weights_are_weighted_as_keras_trains_them(tmp_pat
     assert sum(l.weight * l.value for l in report.losses) == pytest.approx(keras_loss, rel=1e-5)
     for var in report.variables:
         assert var.combined_grad_norm == pytest.approx(np.linalg.norm(applied[var.path]), rel=1e-4), var.path
+
+
+@pytest.mark.parametrize("scale", [1e-21, 1e21])
+def test_large_variable_norms_survive_extreme_gradient_sizes(scale: float) -> None:
+    """Variables over two Gram chunks use float32 products: tiny or huge gradients must not under/overflow."""
+    def build(s: float) -> keras.Model:
+        keras.utils.set_random_seed(0)
+        x = keras.Input((512,), name="x")
+        big = layers.Dense(512, name="big")(x)  # 262,144 weights: the chunked float32 path
+        model = keras.Model(x, [layers.Dense(1, name="a")(big), layers.Dense(1, name="b")(big)])
+        model.compile(loss=[lambda y, p: s * ops.mean(ops.square(y - p))] * 2)
+        return model
+
+    reference = gradviz.analyze(build(1.0), batch_size=8).layer("big").grad_norm
+    scaled = gradviz.analyze(build(scale), batch_size=8)
+    for name, norm in scaled.layer("big").grad_norm.items():
+        assert norm / scale == pytest.approx(reference[name], rel=1e-6)
+    assert scaled.layer("big").status == "shared" and not scaled.findings_of("nan-gradient")
