@@ -522,7 +522,6 @@ def _findings(
     thresholds: Thresholds,
 ) -> list[Finding]:
     found: list[Finding] = []
-    by_name = {info.name: info for info in layers}
     trainable = [info for info in layers if info.trainable_params > 0]
     dead_heads: set[str] = set()
 

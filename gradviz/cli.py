@@ -9,7 +9,6 @@ the traceback instead.
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import time
 from typing import Any, Callable, NoReturn, TypeVar
