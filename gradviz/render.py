@@ -206,18 +206,9 @@ def _view(report: Report, options: RenderOptions) -> _View:
         if loss.output is not None and node_id in graph:
             rep[node_id] = node_id
             boxes[node_id] = _Box(node_id, "loss", "loss", "", None, [loss.name])
-    edges: list[tuple[str, str]] = []
-    blocked: dict[tuple[str, str], list[str]] = {}
-    for source, target in report.edges:
-        edge = (rep[source], rep[target])
-        if edge[0] == edge[1]:
-            continue
-        if edge not in blocked:
-            edges.append(edge)
-            blocked[edge] = []
-        for loss in graph.edges[source, target].get("blocked_for", []):
-            if loss not in blocked[edge]:
-                blocked[edge].append(loss)
+    edges, blocked = _merged_edges(
+        ((source, target, graph.edges[source, target].get("blocked_for", [])) for source, target in report.edges), rep
+    )
     view = _View(boxes, edges, blocked)
     return _compacted(report, view) if options.compact else view
 
@@ -287,17 +278,26 @@ def _compacted(report: Report, view: _View) -> _View:
             run_id, "run", ", ".join(f"{n} {c}" for c, n in sorted(classes.items(), key=lambda kv: (-kv[1], kv[0]))),
             box.parent, _group(report, run_id, members), members, [], view.boxes[run[-1]].output_shape,
         )
-    edges: list[tuple[str, str]] = []
+    edges, blocked = _merged_edges(((s, t, view.blocked[(s, t)]) for s, t in view.edges), rep)
+    return _View(boxes, edges, blocked)
+
+
+def _merged_edges(
+    edges: Iterable[tuple[str, str, Sequence[str]]], rep: dict[str, str]
+) -> tuple[list[tuple[str, str]], dict[tuple[str, str], list[str]]]:
+    """Edges between the boxes that stand for their ends, in first-seen order, without self-loops;
+    each keeps, in order, the losses blocked on any edge it merges."""
+    merged: list[tuple[str, str]] = []
     blocked: dict[tuple[str, str], list[str]] = {}
-    for s, t in view.edges:
-        edge = (rep[s], rep[t])
+    for source, target, losses in edges:
+        edge = (rep[source], rep[target])
         if edge[0] == edge[1]:
             continue
         if edge not in blocked:
-            edges.append(edge)
+            merged.append(edge)
             blocked[edge] = []
-        blocked[edge].extend(x for x in view.blocked[(s, t)] if x not in blocked[edge])
-    return _View(boxes, edges, blocked)
+        blocked[edge].extend(loss for loss in losses if loss not in blocked[edge])
+    return merged, blocked
 
 
 def _flows(view: _View) -> dict[str, float | None]:
