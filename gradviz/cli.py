@@ -60,7 +60,8 @@ def analysis_options(command: F) -> F:
                      help="Loss for an output (repeatable); a bare LOSS applies to every output. "
                           "Overrides the compiled loss."),
         click.option("--loss-weight", "loss_weights", multiple=True, metavar="OUTPUT=W",
-                     help="Weight of an output's loss (repeatable; 'regularization' weights model.losses)."),
+                     help="Weight of an output's loss (repeatable; 'regularization' weights model.losses, "
+                          "named 'model.losses' instead when an output is called 'regularization')."),
         click.option("--data", type=click.Path(dir_okay=False), metavar="FILE.npz",
                      help="Inputs and targets: keys x/y, or x:<input>/y:<output>. Default: seeded synthetic data."),
         click.option("--batch-size", type=int, default=32, show_default=True, help="Rows per batch."),
