@@ -46,28 +46,12 @@ def import_tensorflow_quietly(debug: bool = False) -> None:
 def native_stderr_discarded() -> Iterator[None]:
     """Point file descriptor 2 at a temporary file while the block runs.
 
-    Only native code writes there directly; Python's ``sys.stderr`` is
-    flushed before and after, so nothing of Python's own output is lost or
-    reordered. When fd 2 cannot be duplicated (no real stderr), the block
-    runs unchanged.
+    Only native code writes there directly; Python's streams are flushed
+    before and after, so nothing of Python's own output is lost or reordered.
+    When fd 2 cannot be duplicated (no real stderr), the block runs unchanged.
     """
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):
+    with tempfile.TemporaryFile() as sink, _descriptor_redirected(2, sink.fileno()):
         yield
-        return
-    try:
-        with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 2)
-            try:
-                yield
-            finally:
-                with contextlib.suppress(OSError, ValueError, AttributeError):
-                    sys.stderr.flush()
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
 
 
 @contextlib.contextmanager
@@ -91,9 +75,7 @@ def stdout_to_stderr() -> Iterator[None]:
 @contextlib.contextmanager
 def _descriptor_redirected(source: int, target: int) -> Iterator[None]:
     """Point file descriptor ``source`` at ``target`` while the block runs (no-op when impossible)."""
-    for stream in (sys.__stdout__, sys.__stderr__):
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            stream.flush()  # type: ignore[union-attr]
+    _flush_python_streams()
     try:
         saved = os.dup(source)
     except OSError:
@@ -104,9 +86,14 @@ def _descriptor_redirected(source: int, target: int) -> Iterator[None]:
         try:
             yield
         finally:
-            for stream in (sys.__stdout__, sys.__stderr__):
-                with contextlib.suppress(OSError, ValueError, AttributeError):
-                    stream.flush()  # type: ignore[union-attr]
+            _flush_python_streams()
             os.dup2(saved, source)
     finally:
         os.close(saved)
+
+
+def _flush_python_streams() -> None:
+    """Flush Python's buffered text (current and original streams) before a descriptor changes."""
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()  # type: ignore[union-attr]
