@@ -184,10 +184,7 @@ class Report:
                 for v in self.variables
             ],
             "edges": [{"source": s, "target": t} for s, t in self.edges],
-            "findings": [
-                {"kind": f.kind, "severity": f.severity, "message": f.message, "losses": list(f.losses), "layers": list(f.layers)}
-                for f in self.findings
-            ],
+            "findings": [finding_figures(f) for f in self.findings],
             "meta": self.meta,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }
@@ -195,6 +192,20 @@ class Report:
     def to_json(self, indent: int | None = 2) -> str:
         """The JSON report as text."""
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+def finding_figures(finding: Finding) -> dict[str, Any]:
+    """A finding as the JSON report lists it."""
+    return {"kind": finding.kind, "severity": finding.severity, "message": finding.message,
+            "losses": list(finding.losses), "layers": list(finding.layers)}
+
+
+def conflicting_layers(layers: Iterable[LayerInfo], losses: tuple[str, str]) -> list[str]:
+    """The shared layers where the two losses' gradients have a negative cosine, in the given order."""
+    return [
+        info.name for info in layers if info.status == "shared"
+        for p in info.pairs if p.losses == losses and p.cosine < 0
+    ]
 
 
 def loss_figures(loss: LossInfo) -> dict[str, Any]:
@@ -681,10 +692,7 @@ def _findings(
                         (names[k], *drowned), (),
                     ))
         for pair in trunk.pairs:
-            conflicting = [
-                info.name for info in layers if info.status == "shared"
-                for p in info.pairs if p.losses == pair.losses and p.cosine < 0
-            ]
+            conflicting = conflicting_layers(layers, pair.losses)
             if not conflicting and not pair.cosine < 0:
                 continue
             # Near-orthogonal gradients (random init) dip below 0 by noise: warn only for a clear conflict.

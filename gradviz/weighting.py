@@ -30,7 +30,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from gradviz.analysis import Finding, LayerInfo, Report, analyze_stats, json_number, loss_figures, pair_figures
+from gradviz.analysis import (
+    Finding,
+    LayerInfo,
+    Report,
+    analyze_stats,
+    finding_figures,
+    json_number,
+    loss_figures,
+    pair_figures,
+)
 from gradviz.errors import LossSpecError
 from gradviz.spec import parse_assignment, parse_weight
 
@@ -226,7 +235,7 @@ class Scenario:
             "swept": {"loss": self.swept[0], "weight": self.swept[1]} if self.swept else None,
             "layers": {name: figures.to_dict() for name, figures in self.layers.items()},
             "trunk": self.trunk.to_dict() if self.trunk else None,
-            "findings": [_finding_dict(f) for f in self.findings],
+            "findings": [finding_figures(f) for f in self.findings],
         }
 
 
@@ -545,7 +554,7 @@ class WhatIf:
         return {
             "trunk": pair_figures(trunk) if trunk else None,
             "layers": {info.name: pair_figures(info) for info in self.base.layers if info.status == "shared"},
-            "findings": [_finding_dict(f) for f in self.base.findings if f.kind == "conflict"],
+            "findings": [finding_figures(f) for f in self.base.findings if f.kind == "conflict"],
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -614,10 +623,3 @@ def explore(
             if alternative.weights is not None:
                 scenarios.append(scenario(report, alternative.weights, alternative.name, alternative.name))
     return WhatIf(report, scenarios, len(tries), list(sweeps), suggestion)
-
-
-# -- JSON helpers ---------------------------------------------------------------------------
-
-
-def _finding_dict(f: Finding) -> dict[str, Any]:
-    return {"kind": f.kind, "severity": f.severity, "message": f.message, "losses": list(f.losses), "layers": list(f.layers)}

@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradviz import output
+from gradviz.analysis import conflicting_layers
 from gradviz.render import RenderOptions
 from gradviz.errors import OutputError
 from gradviz.report import SEVERITY_STYLE, fmt, folded
@@ -99,7 +100,7 @@ def summary(what_if: WhatIf, *, width: int = 120, color: bool = False) -> str:
             table.add_column(column, justify="left" if column in ("losses", "shared layers with cosine < 0") else "right")
         shared_infos = [info for info in base.layers if info.status == "shared"]
         for pair in base.trunk.pairs:
-            negative = [info.name for info in shared_infos for p in info.pairs if p.losses == pair.losses and p.cosine < 0]
+            negative = conflicting_layers(shared_infos, pair.losses)
             table.add_row(
                 f"{pair.losses[0]} / {pair.losses[1]}",
                 Text(f"{pair.cosine:.3f}", style="red" if pair.cosine < 0 else ""),
