@@ -6,6 +6,8 @@ reduces the gradients inside the graph to, per variable, the loss-by-loss
 matrix of inner products (the Gram matrix) plus max-abs and finiteness flags.
 From the Gram matrix, the norm of any weighted sum of the losses' gradients
 follows (``sqrt(w^T G w)``), which is what analysis and the what-if use.
+The K backward passes move through the model together, layer by layer
+(:class:`_Lockstep`), so only a layer or two's K gradients are alive at a time.
 
 The forward pass is ``model.stateless_call``: weights, BatchNorm moving
 statistics and seed-generator states are read, never written, so inspecting
@@ -37,6 +39,9 @@ PER_BATCH = "per-batch"
 BATCH_MODES = (MEAN_GRADIENT, PER_BATCH)
 
 Progress = Callable[[int, int], None]
+
+#: what TensorFlow's runtime says of a graph whose control edges form a cycle
+LOCKSTEP_CYCLE = "nodes in a cycle"
 
 #: entries per float32 block of the Gram products of large variables (summed in float64)
 GRAM_CHUNK = 1 << 16
@@ -129,6 +134,9 @@ class GradientPass:
         training: call the model with ``training=True`` (dropout, batch statistics).
         mode: ``mean-gradient`` or ``per-batch`` (see module constants).
         custom_objects: names for custom losses.
+        lockstep: move the K backward passes through the model layer by layer together
+            (see :class:`_Lockstep`): the same numbers with two layers' K gradients alive at
+            most instead of up to K-1 copies of all of them. False exists for the benchmark.
 
     Raises:
         LossSpecError: a loss cannot be resolved.
@@ -145,6 +153,7 @@ class GradientPass:
         training: bool = True,
         mode: str = MEAN_GRADIENT,
         custom_objects: dict[str, Any] | None = None,
+        lockstep: bool = True,
     ) -> None:
         import tensorflow as tf
 
@@ -165,12 +174,13 @@ class GradientPass:
         self.loss_fns = loss_fns
         variables = list(model.trainable_variables)
         self.variables = variables
+        layer_keys = [_layer_key(v) for v in variables]
         self.state_variables = list(model.non_trainable_variables)
         terms_ = self.terms
         structure: dict[str, Any] = {}
         self.structure = structure
 
-        def forward_backward(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any]:
+        def forward_backward(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any, _Lockstep]:
             weights = [tf.convert_to_tensor(v) for v in variables]
             with tf.GradientTape(persistent=True) as tape:
                 tape.watch(weights)
@@ -186,13 +196,21 @@ class GradientPass:
                     values.append(
                         tf.cast(tf.add_n([tf.reduce_sum(tf.cast(e, tf.float32)) for e in extra]), tf.float32)
                     )
-            grads = [tape.gradient(v, weights, unconnected_gradients=tf.UnconnectedGradients.NONE) for v in values]
+            # Each loss's backward ops, kept apart so that _Lockstep can order them (step_stats).
+            graph = tf.compat.v1.get_default_graph()
+            forward = graph.get_operations()
+            dense, chains = [], []
+            for v in values:
+                start = len(graph.get_operations())
+                per_loss = tape.gradient(v, weights, unconnected_gradients=tf.UnconnectedGradients.NONE)
+                dense.append([None if g is None else tf.convert_to_tensor(g) for g in per_loss])
+                chains.append(graph.get_operations()[start:])
             del tape
             # Which gradients exist is fixed by the graph: record it once, at trace time.
             structure["regularization"] = bool(extra)
-            structure["exists"] = [[g is not None for g in per_loss] for per_loss in grads]
-            dense = [[None if g is None else tf.convert_to_tensor(g) for g in per_loss] for per_loss in grads]
-            return tf.stack(values), dense, new_state
+            structure["exists"] = [[g is not None for g in per_loss] for per_loss in dense]
+            backward = _Lockstep(weights, layer_keys, dense, chains, forward[-1]._id if forward else -1)
+            return tf.stack(values), dense, new_state, backward
 
         def reduce_one(per_loss: list[Any]) -> tuple[Any, Any, Any]:
             size = int(np.prod(per_loss[0].shape))
@@ -205,20 +223,23 @@ class GradientPass:
             # models. float32 matrix products over chunks of GRAM_CHUNK entries, summed in
             # float64, stay within ~1e-7 of the float64 Gram (a plain float32 product over
             # millions of entries drifts to ~1e-4).
+            # One float32 copy of the K gradients, (chunks, K, GRAM_CHUNK) plus a tail; everything
+            # else works on it in place or reduces it (no per-gradient temporaries: a big model's
+            # largest variable times K is what this step adds to the backward passes' memory).
             raw = [tf.reshape(tf.cast(g, tf.float32), [-1]) for g in per_loss]
-            max_abs = tf.stack([tf.reduce_max(tf.abs(f)) for f in raw])
+            max_abs = tf.stack([tf.maximum(tf.reduce_max(f), -tf.reduce_min(f)) for f in raw])
             # Each gradient is divided by a power of two near its largest entry first, so float32
             # products neither underflow (gradients ~1e-21) nor overflow (~1e21); dividing by a
             # power of two is exact, and the scales are multiplied back in float64.
             usable = tf.where(tf.math.is_finite(max_abs) & (max_abs > 0), max_abs, tf.ones_like(max_abs))
             exponent = tf.clip_by_value(tf.math.floor(tf.math.log(usable) / np.log(2.0)), -126.0, 127.0)
             scale = tf.pow(tf.constant(2.0, tf.float32), exponent)
-            flats = [f / scale[k] for k, f in enumerate(raw)]
             head = chunks * GRAM_CHUNK
-            blocks = tf.stack([tf.reshape(f[:head], [chunks, GRAM_CHUNK]) for f in flats], axis=1)  # (c, K, m)
+            blocks = tf.stack([tf.reshape(f[:head], [chunks, GRAM_CHUNK]) for f in raw], axis=1)  # (c, K, m)
+            blocks = blocks / scale[None, :, None]
             gram = tf.reduce_sum(tf.cast(tf.matmul(blocks, blocks, transpose_b=True), tf.float64), axis=0)
             if head < size:
-                tail = tf.cast(tf.stack([f[head:] for f in flats]), tf.float64)
+                tail = tf.cast(tf.stack([f[head:] for f in raw]) / scale[:, None], tf.float64)
                 gram += tf.matmul(tail, tail, transpose_b=True)
             scale64 = tf.cast(scale, tf.float64)
             gram = gram * scale64[:, None] * scale64[None, :]
@@ -229,37 +250,48 @@ class GradientPass:
             finite = tf.stack([
                 tf.cond(tf.math.is_finite(diagonal[k]), lambda: tf.constant(True),
                         lambda f=f: tf.reduce_all(tf.math.is_finite(f)))
-                for k, f in enumerate(flats)
+                for k, f in enumerate(raw)
             ])
             return gram, tf.cast(max_abs, tf.float64), finite
 
-        def reduce_all(dense: list[list[Any]]) -> tuple[Any, Any, Any]:
+        def reduce_all(dense: list[list[Any]]) -> tuple[tuple[Any, Any, Any], list[list[Any]]]:
             # Packed into three flat tensors (Gram entries, max-abs, finiteness of every
             # variable with a gradient, in variable order): three fetches per batch instead
             # of three per variable, which dominated small models' pass (see _unpack).
+            # Also returns, per variable, the tensors whose computation ends its gradients' use.
             grams, maxes, finites = [], [], []
+            done: list[list[Any]] = []
             for v in range(len(variables)):
                 present = [dense[k][v] for k in range(len(dense)) if dense[k][v] is not None]
+                done.append([])
                 if present:
                     gram, max_abs, finite = reduce_one(present)
                     grams.append(tf.reshape(gram, [-1]))
                     maxes.append(max_abs)
                     finites.append(finite)
+                    done[-1] = [gram, max_abs, finite]
             if not grams:
-                return tf.zeros([0], tf.float64), tf.zeros([0], tf.float64), tf.zeros([0], tf.bool)
-            return tf.concat(grams, 0), tf.concat(maxes, 0), tf.concat(finites, 0)
+                return (tf.zeros([0], tf.float64), tf.zeros([0], tf.float64), tf.zeros([0], tf.bool)), done
+            return (tf.concat(grams, 0), tf.concat(maxes, 0), tf.concat(finites, 0)), done
 
-        @tf.function(reduce_retracing=True, autograph=False)
-        def step_stats(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any]:
-            values, dense, new_state = forward_backward(x, ys, state)
-            return values, reduce_all(dense), new_state
+        def make_step_stats(lockstep: bool) -> Any:
+            @tf.function(reduce_retracing=True, autograph=False)
+            def step_stats(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any]:
+                values, dense, new_state, backward = forward_backward(x, ys, state)
+                packed, done = reduce_all(dense)
+                if lockstep:
+                    backward.serialize(done)
+                return values, packed, new_state
+
+            return step_stats
 
         accumulators: list[list[Any]] = []
         self.accumulators = accumulators
 
         @tf.function(reduce_retracing=True, autograph=False)
         def step_accumulate(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any]:
-            values, dense, new_state = forward_backward(x, ys, state)
+            # No lockstep here: each gradient goes into its own sum as soon as it exists.
+            values, dense, new_state, _ = forward_backward(x, ys, state)
             # The sums exist before the first call (see run()): a tf.function that creates
             # variables traces twice, and the trace of a big model costs more than its pass.
             # Only a loss nobody could foresee (add_loss inside call) still creates its row here.
@@ -278,7 +310,7 @@ class GradientPass:
         @tf.function(autograph=False)
         def reduce_accumulated() -> tuple[Any, Any, Any]:
             # Statistics of the sums; run() scales them to the mean (saves a pass over K copies).
-            packed = reduce_all([[None if a is None else a.read_value() for a in row] for row in accumulators])
+            packed, _ = reduce_all([[None if a is None else a.read_value() for a in row] for row in accumulators])
             # Leave the sums at zero for the next run, in the same call (no eager op per variable).
             with tf.control_dependencies(packed):
                 for row in accumulators:
@@ -288,7 +320,12 @@ class GradientPass:
             return packed
 
         self._dirty = False
-        self.step_stats = step_stats
+        self._make_step_stats = make_step_stats
+        #: whether the backward passes run in lockstep (see _Lockstep); False after a fallback
+        self.lockstep = lockstep
+        self._retired_traces = 0
+        self._concrete: dict[tuple[Any, ...], Any] = {}
+        self.step_stats = make_step_stats(lockstep)
         self.step_accumulate = step_accumulate
         self.reduce_accumulated = reduce_accumulated
 
@@ -301,10 +338,42 @@ class GradientPass:
 
     def tracing_count(self) -> int:
         """How many times the compiled functions have been traced, all together."""
-        return sum(
+        return self._retired_traces + sum(
             int(fn.experimental_get_tracing_count())
             for fn in (self.step_stats, self.step_accumulate, self.reduce_accumulated)
         )
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        """Call the compiled ``fn``; once traced for these input shapes, through its concrete function.
+
+        A ``tf.function`` call matches its arguments against its traces first (~0.2 ms): most
+        of a small model's batch. Inputs of the same shapes and dtypes reuse the trace directly.
+        """
+        import tensorflow as tf
+
+        flat = tf.nest.flatten(args)
+        key = (id(fn),) + tuple((tuple(t.shape), t.dtype) for t in flat)
+        concrete = self._concrete.get(key)
+        if concrete is None:
+            result = fn(*args)  # traces if needed; counted by tracing_count()
+            self._concrete[key] = fn.get_concrete_function(*args)
+            return result
+        return concrete(*args)
+
+    def _run_step_stats(self, x: list[Any], y: dict[str, Any], state: list[Any]) -> Any:
+        """One batch through ``step_stats``; without lockstep if the runtime finds its edges in a cycle."""
+        import tensorflow as tf
+
+        try:
+            return self._call(self.step_stats, x, y, state)
+        except tf.errors.InvalidArgumentError as e:
+            if not self.lockstep or LOCKSTEP_CYCLE not in str(e):
+                raise
+        # A graph rewrite merged ops of two layers' segments (see _Lockstep): same values, more memory.
+        self.lockstep = False
+        self._retired_traces += int(self.step_stats.experimental_get_tracing_count())
+        self.step_stats = self._make_step_stats(False)
+        return self._call(self.step_stats, x, y, state)
 
     def run(self, data: Data, progress: Progress | None = None) -> GradientStats:
         """Stream ``data`` through the compiled pass and reduce it to statistics.
@@ -344,9 +413,9 @@ class GradientPass:
             y = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
             try:
                 if accumulate:
-                    values, state = self.step_accumulate(x, y, state)
+                    values, state = self._call(self.step_accumulate, x, y, state)
                 else:
-                    values, packed, state = self.step_stats(x, y, state)
+                    values, packed, state = self._run_step_stats(x, y, state)
                     gram, max_abs, finite = (t.numpy() for t in packed)
                     if stat_sums is None:
                         stat_sums = (gram, max_abs, finite)
@@ -364,7 +433,7 @@ class GradientPass:
             if progress is not None:
                 progress(b + 1, data.batches)
         if accumulate:
-            packed = self.reduce_accumulated()
+            packed = self._call(self.reduce_accumulated)
             gram, max_abs, finite = (t.numpy() for t in packed)
             # Gram and max-abs of the mean gradient = those of the sum, scaled by 1/N^2 and 1/N.
             stat_sums = (gram / data.batches**2, max_abs / data.batches, finite)
@@ -381,6 +450,112 @@ class GradientPass:
             names, exists, _unpack(stat_sums, exists), loss_sum / data.batches, divide, data.batches, self.mode,
             regularization,
         )
+
+
+class _Lockstep:
+    """The K backward passes of one traced step, and a way to make them move together.
+
+    Left alone, TensorFlow runs one loss's backward pass far ahead of the others, so each
+    gradient of that loss waits in memory until the last loss reaches the same variable (a
+    Gram matrix needs all K gradients of a variable at once): up to K-1 extra copies of the
+    model's gradients. :meth:`serialize` splits each loss's backward ops into segments, one
+    per layer (the layers in backward order; segment p is what that loss still computes to
+    reach the gradients of layer p), and makes the ops that enter segment p+1 wait (control
+    edges) until every loss has layer p's gradients and layer p-1's statistics are done.
+    Then at most two layers' K gradients are alive at a time. Control edges order ops; they
+    change no value.
+
+    Segments are whole layers, not single variables, because graph rewrites fuse a layer's
+    gradient ops (oneDNN fuses a convolution's kernel and bias gradients into one op), and a
+    fused op in two segments would wait for itself. :class:`GradientPass` still retraces
+    without the edges if the runtime reports a cycle (see ``LOCKSTEP_CYCLE``).
+
+    Args:
+        weights: the watched weight tensors, in variable order.
+        layers: a layer key per variable (variables of one layer share it).
+        dense: ``dense[k][v]``: loss k's gradient of variable v (None: none exists).
+        chains: ``chains[k]``: the ops the backward pass of loss k created.
+        forward_end: the id of the last op of the forward pass.
+    """
+
+    def __init__(self, weights: list[Any], layers: list[str], dense: list[list[Any]], chains: list[list[Any]],
+                 forward_end: int) -> None:
+        self.weights = weights
+        self.layers = layers
+        self.dense = dense
+        self.chains = chains
+        self.forward_end = forward_end
+
+    def order(self) -> list[list[int]]:
+        """The variables grouped by layer, layers in backward order.
+
+        A layer's gradients are complete once the backward passes have gone through its
+        first use of a weight in the forward pass, so the latest first use comes first.
+        """
+        uses: dict[str, list[int]] = {}
+        members: dict[str, list[int]] = {}
+        for v, weight in enumerate(self.weights):
+            key = self.layers[v]
+            uses.setdefault(key, []).extend(op._id for op in weight.consumers() if op._id <= self.forward_end)
+            members.setdefault(key, []).append(v)
+        return [members[key] for key in sorted(members, key=lambda k: min(uses[k], default=-1), reverse=True)]
+
+    def segments(self, order: list[list[int]]) -> list[list[list[Any]]]:
+        """``segments[k][p]``: the ops of loss k's backward pass first needed for the layer ``order[p]``."""
+        out = []
+        for per_loss, ops in zip(self.dense, self.chains):
+            members = {op._id for op in ops}
+            seen: set[int] = set()
+            chain: list[list[Any]] = []
+            for group in order:
+                segment: list[Any] = []
+                stack = [per_loss[v].op for v in group if per_loss[v] is not None]
+                while stack:
+                    op = stack.pop()
+                    if op._id not in members or op._id in seen:
+                        continue
+                    seen.add(op._id)
+                    segment.append(op)
+                    stack.extend(t.op for t in op.inputs)
+                    stack.extend(op.control_inputs)
+                chain.append(segment)
+            out.append(chain)
+        return out
+
+    def serialize(self, done: list[list[Any]]) -> None:
+        """Make every loss's segment p+1 wait for layer p's gradients and layer p-1's statistics (``done[v]``)."""
+        import tensorflow as tf
+
+        if len(self.chains) < 2:
+            return
+        order = self.order()
+        segments = self.segments(order)
+        for p in range(len(order) - 1):
+            # Segment p+1 waits for layer p's gradients and layer p-1's statistics: the reduction
+            # of one layer overlaps the backward passes through the next (no time lost), and at
+            # most two layers' K gradients are alive.
+            finished = [per_loss[v] for v in order[p] for per_loss in self.dense if per_loss[v] is not None]
+            if p > 0:
+                finished += [t for v in order[p - 1] for t in done[v]]
+            later = [chain[p + 1] for chain in segments if chain[p + 1]]
+            if not finished or not later:
+                continue
+            with tf.control_dependencies(None):
+                barrier = tf.group(*finished, name="lockstep")
+            for segment in later:
+                # Constants are left free: they hold no memory worth ordering, and graph optimizers
+                # may merge equal ones across segments, which would tie the waits into a cycle.
+                # The ops reading them wait instead.
+                inner = {op._id for op in segment if op.inputs}
+                for op in segment:
+                    if op.inputs and not any(t.op._id in inner for t in op.inputs):  # enters the segment
+                        op._add_control_input(barrier)
+
+
+def _layer_key(variable: Any) -> str:
+    """The layer a variable belongs to, from its path (``block1/conv/kernel`` -> ``block1/conv``)."""
+    path = str(getattr(variable, "path", None) or getattr(variable, "name", ""))
+    return path.rsplit("/", 1)[0] if "/" in path else path
 
 
 def _unpack(packed: tuple[np.ndarray, np.ndarray, np.ndarray], exists_by_loss: list[list[bool]]) -> list[Any]:

@@ -184,3 +184,77 @@ def test_chunked_gram_flags_non_finite_gradients() -> None:
     stats = compute(model, terms, data, outputs, training=False)
     wide = [i for i, v in enumerate(model.trainable_variables) if "wide" in v.path and "kernel" in v.path][0]
     assert not stats.finite[wide, 0]  # loss C is NaN: so is its gradient at the big kernel
+
+
+def _conv_heads(seed: int = 0) -> Any:
+    """Conv2D (with bias: oneDNN fuses its two gradient ops) + BatchNorm + L2, a Dense called twice, 3 heads."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    x = inputs = keras.Input((12, 12, 3), name="image")
+    for i in range(3):
+        x = layers.Conv2D(8, 3, padding="same", kernel_regularizer="l2", name=f"conv{i}")(x)
+        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.Activation("relu", name=f"relu{i}")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    shared = layers.Dense(8, activation="relu", name="shared")
+    x = shared(keras.ops.tanh(shared(x)))
+    outputs = [layers.Dense(3, activation="softmax", name="C")(x), layers.Dense(1, name="D")(x),
+               layers.Dense(1, activation="sigmoid", name="E")(x)]
+    model = keras.Model(inputs, outputs, name="conv_heads")
+    model.compile(optimizer="sgd", loss=["categorical_crossentropy", "mse", "binary_crossentropy"])
+    return model
+
+
+def _lockstep_edges(gradient_pass: GradientPass, data: Any) -> int:
+    import tensorflow as tf
+
+    xs, ys = data.batch(0)
+    concrete = gradient_pass.step_stats.get_concrete_function(
+        [tf.convert_to_tensor(a) for a in xs], {k: tf.convert_to_tensor(v) for k, v in ys.items()},
+        [tf.convert_to_tensor(v) for v in gradient_pass.state_variables])
+    barriers = {op.name for op in concrete.graph.get_operations() if op.name.startswith("lockstep")}
+    return sum(1 for op in concrete.graph.get_operations() for c in op.control_inputs if c.name in barriers)
+
+
+def test_lockstep_changes_no_number() -> None:
+    """Backward passes in lockstep give what separate tapes give, and what unordered passes give."""
+    model = _conv_heads()
+    terms, outputs, data = _prepare(model, batch_size=6, batches=1)
+    ordered = GradientPass(model, terms, data, outputs)
+    stats = ordered.run(data)
+    assert ordered.lockstep and _lockstep_edges(ordered, data) > 0  # really ordered, no fallback
+    unordered = GradientPass(model, terms, data, outputs, lockstep=False)
+    plain = unordered.run(data)
+    assert _lockstep_edges(unordered, data) == 0
+    np.testing.assert_allclose(stats.gram, plain.gram, rtol=1e-6, atol=1e-12)
+    np.testing.assert_array_equal(stats.exists, plain.exists)
+    x, ys = data.batch(0)
+    grads = _separate_gradients(model, terms, outputs, ordered.loss_fns, x, ys, training=True)
+    names = list(stats.loss_names)
+    outs = [names.index(t.name) for t in terms]
+    np.testing.assert_allclose(stats.gram[:, outs][:, :, outs], _gram(grads), rtol=1e-5, atol=1e-9)
+
+
+def test_lockstep_cycle_falls_back_to_unordered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If a graph rewrite ties the ordering edges into a cycle, the pass retraces without them."""
+    from gradviz import gradients
+
+    real = gradients._Lockstep.serialize
+
+    def tangled(self: Any, done: list[list[Any]]) -> None:
+        real(self, done)
+        v = next(i for i, d in enumerate(done) if d)
+        first = next(per_loss[v] for per_loss in self.dense if per_loss[v] is not None)
+        first.op._add_control_input(done[v][0].op)  # the gradient waits for its own statistics
+
+    monkeypatch.setattr(gradients._Lockstep, "serialize", tangled)
+    model = _conv_heads()
+    terms, outputs, data = _prepare(model, batch_size=4, batches=1)
+    gradient_pass = GradientPass(model, terms, data, outputs)
+    stats = gradient_pass.run(data)
+    assert not gradient_pass.lockstep
+    expected = GradientPass(model, terms, data, outputs, lockstep=False).run(data)
+    np.testing.assert_allclose(stats.gram, expected.gram, rtol=1e-6, atol=1e-12)
+    assert gradient_pass.tracing_count() == 2  # the tangled trace and the plain one
