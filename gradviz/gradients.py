@@ -216,7 +216,10 @@ class GradientPass:
             size = int(np.prod(per_loss[0].shape))
             chunks = size // GRAM_CHUNK
             if chunks < 2 or per_loss[0].dtype == tf.float64:  # small: products and sums in float64
-                flat = tf.stack([tf.reshape(tf.cast(g, tf.float64), [-1]) for g in per_loss])
+                # Stacked in the gradients' own precision, then one exact cast (not K casts: with
+                # many losses and variables the op count is what the trace pays for).
+                common = tf.float64 if any(g.dtype == tf.float64 for g in per_loss) else tf.float32
+                flat = tf.cast(tf.stack([tf.reshape(tf.cast(g, common), [-1]) for g in per_loss]), tf.float64)
                 gram = tf.matmul(flat, flat, transpose_b=True)
                 return gram, tf.reduce_max(tf.abs(flat), axis=1), tf.reduce_all(tf.math.is_finite(flat), axis=1)
             # Large: float64 copies of K gradients cost more than the backward passes of big
@@ -306,13 +309,16 @@ class GradientPass:
         def reduce_accumulated() -> tuple[Any, Any, Any]:
             # Statistics of the sums; run() scales them to the mean (saves a pass over K copies).
             packed, _ = reduce_all([[None if a is None else a.read_value() for a in row] for row in accumulators])
-            # Leave the sums at zero for the next run, in the same call (no eager op per variable).
-            with tf.control_dependencies(packed):
-                for row in accumulators:
-                    for acc in row:
-                        if acc is not None:
-                            acc.assign(tf.zeros_like(acc))
             return packed
+
+        @tf.function(autograph=False)
+        def zero_accumulators() -> None:
+            # Traced only when a later run needs clean sums (a `gradviz inspect` run never does):
+            # its op per sum was half of the final reduction's trace on big models.
+            for row in accumulators:
+                for acc in row:
+                    if acc is not None:
+                        acc.assign(tf.zeros_like(acc))
 
         self._dirty = False
         self._make_step_stats = make_step_stats
@@ -323,6 +329,7 @@ class GradientPass:
         self.step_stats = make_step_stats(lockstep)
         self.step_accumulate = step_accumulate
         self.reduce_accumulated = reduce_accumulated
+        self.zero_accumulators = zero_accumulators
 
     def _has_weight_losses(self) -> bool:
         """Whether the model has regularization losses before any call (weight regularizers)."""
@@ -335,7 +342,7 @@ class GradientPass:
         """How many times the compiled functions have been traced, all together."""
         return self._retired_traces + sum(
             int(fn.experimental_get_tracing_count())
-            for fn in (self.step_stats, self.step_accumulate, self.reduce_accumulated)
+            for fn in (self.step_stats, self.step_accumulate, self.reduce_accumulated, self.zero_accumulators)
         )
 
     def _call(self, fn: Any, *args: Any) -> Any:
@@ -385,11 +392,8 @@ class GradientPass:
 
         state = [tf.convert_to_tensor(v) for v in self.state_variables]
         accumulate = self.mode == MEAN_GRADIENT and data.batches > 1
-        if accumulate and self._dirty:  # an earlier run stopped half-way: its sums are still there
-            for row in self.accumulators:
-                for acc in row:
-                    if acc is not None:
-                        acc.assign(tf.zeros_like(acc))
+        if accumulate and self._dirty:  # the sums of an earlier run (finished or not) are still there
+            self._call(self.zero_accumulators)
         first_trace = accumulate and not self.accumulators
         if first_trace:
             # One float32 sum per loss and variable, before tracing (one trace instead of two);
@@ -399,7 +403,7 @@ class GradientPass:
                 [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.variables]
                 for _ in range(rows)
             )
-        self._dirty = accumulate
+        self._dirty = self._dirty or accumulate  # sums stay until zeroed
         loss_sum: np.ndarray | None = None
         stat_sums: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         for b in range(data.batches):
@@ -432,7 +436,6 @@ class GradientPass:
             gram, max_abs, finite = (t.numpy() for t in packed)
             # Gram and max-abs of the mean gradient = those of the sum, scaled by 1/N^2 and 1/N.
             stat_sums = (gram / data.batches**2, max_abs / data.batches, finite)
-            self._dirty = False
             divide = 1.0
         else:
             divide = float(data.batches)

@@ -55,8 +55,24 @@ def test_many_batches_trace_once(build_sample: Callable[..., Any], mode: str) ->
     # mean-gradient: the accumulating step and the final reduction; per-batch: the statistics step
     assert traced == (2 if mode == MEAN_GRADIENT else 1)
     again = gradient_pass.run(data)
-    assert gradient_pass.tracing_count() == traced  # a second run reuses the traces too
+    # a second run reuses the traces; mean-gradient traces the zeroing of the sums, once
+    assert gradient_pass.tracing_count() == traced + (1 if mode == MEAN_GRADIENT else 0)
     np.testing.assert_array_equal(first.gram, again.gram)  # and starts its sums afresh
+    third = gradient_pass.run(data)
+    assert gradient_pass.tracing_count() == traced + (1 if mode == MEAN_GRADIENT else 0)
+    np.testing.assert_array_equal(first.gram, third.gram)
+
+
+def test_sums_are_cleared_across_batch_modes(build_sample: Callable[..., Any]) -> None:
+    """A mean-gradient run after a one-batch run after a mean-gradient run still starts from zero."""
+    model = build_sample("shared_trunk")
+    terms, outputs, data = _prepare(model, batch_size=8, batches=3)
+    gradient_pass = GradientPass(model, terms, data, outputs)
+    first = gradient_pass.run(data)
+    import dataclasses
+
+    gradient_pass.run(dataclasses.replace(data, batches=1))
+    np.testing.assert_array_equal(gradient_pass.run(data).gram, first.gram)
 
 
 def test_progress_reports_every_batch(build_sample: Callable[..., Any]) -> None:
@@ -143,7 +159,9 @@ def test_mean_of_identical_batches_is_one_batch_with_regularization(regularizer:
         assert stats.loss_names == ("C", "D", "regularization")
         np.testing.assert_allclose(stats.gram, expected.gram, rtol=1e-5, atol=1e-10)
         np.testing.assert_array_equal(stats.exists, expected.exists)
-    assert gradient_pass.tracing_count() == (2 if regularizer == "kernel" else 3)
+    # accumulate + reduce (+ the accumulate step again when its trace creates the activity row),
+    # + the zeroing of the sums before the second run
+    assert gradient_pass.tracing_count() == (3 if regularizer == "kernel" else 4)
 
 
 def _wide_model(nan_weight: bool = False) -> Any:
