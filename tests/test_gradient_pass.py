@@ -276,3 +276,20 @@ def test_lockstep_cycle_falls_back_to_unordered(monkeypatch: pytest.MonkeyPatch)
     expected = GradientPass(model, terms, data, outputs, lockstep=False).run(data)
     np.testing.assert_allclose(stats.gram, expected.gram, rtol=1e-6, atol=1e-12)
     assert gradient_pass.tracing_count() == 2  # the tangled trace and the plain one
+
+
+def test_lockstep_without_graph_internals_still_computes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If TensorFlow drops the private graph API the ordering uses, the pass runs unordered."""
+    from gradviz import gradients
+
+    def missing(self: Any) -> Any:
+        raise AttributeError("'Operation' object has no attribute '_add_control_input'")
+
+    monkeypatch.setattr(gradients._Lockstep, "order", missing)
+    model = _conv_heads()
+    terms, outputs, data = _prepare(model, batch_size=4, batches=1)
+    gradient_pass = GradientPass(model, terms, data, outputs)
+    stats = gradient_pass.run(data)
+    assert _lockstep_edges(gradient_pass, data) == 0
+    expected = GradientPass(model, terms, data, outputs, lockstep=False).run(data)
+    np.testing.assert_allclose(stats.gram, expected.gram, rtol=1e-6, atol=1e-12)
