@@ -52,7 +52,7 @@ def _peak_mb(model: str, method: str, batch: int) -> float:
     return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"])
 
 
-def test_lockstep_keeps_one_layers_gradients_alive() -> None:
+def test_lockstep_bounds_the_gradients_alive() -> None:
     """Memory is not timing: TensorFlow's allocator counts live tensor bytes exactly. An MLP with 8 heads
     and 16 layers of 1 MB kernels: unordered, the first losses' gradients of every layer wait for the last
     loss (up to 7 x 16 MB); in lockstep, at most two layers' 8 gradients (16 MB) plus a reduction."""
