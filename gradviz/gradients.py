@@ -180,7 +180,9 @@ class GradientPass:
         structure: dict[str, Any] = {}
         self.structure = structure
 
-        def forward_backward(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any, _Lockstep]:
+        def forward_backward(
+            x: list[Any], ys: dict[str, Any], state: list[Any], ordered: bool
+        ) -> tuple[Any, Any, Any, _Lockstep | None]:
             weights = [tf.convert_to_tensor(v) for v in variables]
             with tf.GradientTape(persistent=True) as tape:
                 tape.watch(weights)
@@ -196,20 +198,23 @@ class GradientPass:
                     values.append(
                         tf.cast(tf.add_n([tf.reduce_sum(tf.cast(e, tf.float32)) for e in extra]), tf.float32)
                     )
-            # Each loss's backward ops, kept apart so that _Lockstep can order them (step_stats).
+            # With ``ordered``, each loss's backward ops are kept apart so that _Lockstep can order them.
             graph = tf.compat.v1.get_default_graph()
-            forward = graph.get_operations()
+            forward = graph.get_operations() if ordered else []
             dense, chains = [], []
             for v in values:
-                start = len(graph.get_operations())
+                start = len(graph.get_operations()) if ordered else 0
                 per_loss = tape.gradient(v, weights, unconnected_gradients=tf.UnconnectedGradients.NONE)
                 dense.append([None if g is None else tf.convert_to_tensor(g) for g in per_loss])
-                chains.append(graph.get_operations()[start:])
+                if ordered:
+                    chains.append(graph.get_operations()[start:])
             del tape
             # Which gradients exist is fixed by the graph: record it once, at trace time.
             structure["regularization"] = bool(extra)
             structure["exists"] = [[g is not None for g in per_loss] for per_loss in dense]
-            backward = _Lockstep(weights, layer_keys, dense, chains, forward[-1]._id if forward else -1)
+            backward = (
+                _Lockstep(weights, layer_keys, dense, chains, forward[-1]._id if forward else -1) if ordered else None
+            )
             return tf.stack(values), dense, new_state, backward
 
         def reduce_one(per_loss: list[Any]) -> tuple[Any, Any, Any]:
@@ -275,9 +280,9 @@ class GradientPass:
         def make_step_stats(lockstep: bool) -> Any:
             @tf.function(reduce_retracing=True, autograph=False)
             def step_stats(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any]:
-                values, dense, new_state, backward = forward_backward(x, ys, state)
+                values, dense, new_state, backward = forward_backward(x, ys, state, lockstep)
                 packed, done = reduce_all(dense)
-                if lockstep:
+                if backward is not None:
                     try:
                         backward.serialize(done)
                     except AttributeError:  # a TensorFlow without the graph internals it uses
@@ -292,7 +297,7 @@ class GradientPass:
         @tf.function(reduce_retracing=True, autograph=False)
         def step_accumulate(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any]:
             # No lockstep here: each gradient goes into its own sum as soon as it exists.
-            values, dense, new_state, _ = forward_backward(x, ys, state)
+            values, dense, new_state, _ = forward_backward(x, ys, state, False)
             # The sums exist before the first call (see run()): a tf.function that creates
             # variables traces twice, and the trace of a big model costs more than its pass.
             # Only a loss nobody could foresee (add_loss inside call) still creates its row here.
