@@ -63,7 +63,6 @@ class Prepared:
 
     def __init__(self, name: str, batch_size: int, batches: int) -> None:
         from gradviz import api, loading, topology
-        from gradviz import data as data_mod
         from gradviz.gradients import GradientPass
 
         self.name = name
@@ -74,9 +73,7 @@ class Prepared:
         # The same steps as gradviz.api.analyze (its private helpers, so the data and losses are identical).
         spec = api._spec(loaded, self.outputs, None, {}, topo)
         self.terms = spec.output_terms
-        inputs = api._input_infos(self.model, topo)
-        targets = api._target_infos(self.model, self.outputs, spec, loaded.custom_objects)
-        self.data = data_mod.synthetic(inputs, targets, batch_size=batch_size, batches=batches, seed=0)
+        self.data = api._dataset(loaded, topo, self.outputs, spec, batch_size=batch_size, batches=batches, seed=0)
         self.gradient_pass = GradientPass(self.model, self.terms, self.data, self.outputs)
         self.unordered = GradientPass(self.model, self.terms, self.data, self.outputs, lockstep=False)
         self.peers = peers.build_peers(

@@ -81,7 +81,6 @@ def analyze(
         GradvizError: any problem with the model, the losses or the data.
     """
     _quiet_tensorflow()
-    from gradviz import data as data_mod
     from gradviz import gradients, loading, topology
 
     timer = Timer()
@@ -109,13 +108,7 @@ def analyze(
     reg_name = regularization_name(outputs)  # "model.losses" if an output is called "regularization"
     reg_weight = weights.pop(reg_name, None)
     spec = _spec(loaded, outputs, losses, weights, topo)
-    data_mod.check_counts(batch_size, batches)
-    inputs = _input_infos(keras_model, topo)
-    targets = _target_infos(keras_model, outputs, spec, loaded.custom_objects)
-    if data is not None:
-        dataset = data_mod.load_npz(data, inputs, targets, batch_size=batch_size, batches=batches)
-    else:
-        dataset = data_mod.synthetic(inputs, targets, batch_size=batch_size, batches=batches, seed=seed)
+    dataset = _dataset(loaded, topo, outputs, spec, batch_size=batch_size, batches=batches, seed=seed, data=data)
     with timer.stage("gradients"):
         stats = gradients.compute(
             keras_model, spec.output_terms, dataset, outputs, training=training, mode=batch_mode,
@@ -163,6 +156,20 @@ def _spec(loaded: Any, outputs: list[str], losses: Mapping[str | None, Any] | No
         layer_names=list(topo.graph.nodes),
         source=loaded.source or "the model",
     )
+
+
+def _dataset(loaded: Any, topo: Any, outputs: list[str], spec: LossSpec, *, batch_size: int, batches: int,
+             seed: int = 0, data: str | Path | None = None) -> Any:
+    """The batches the gradient pass runs on: ``data`` (an .npz file) or seeded synthetic data shaped from the
+    model's inputs and the losses' targets. The benchmark and the tests build their data here too."""
+    from gradviz import data as data_mod
+
+    data_mod.check_counts(batch_size, batches)
+    inputs = _input_infos(loaded.model, topo)
+    targets = _target_infos(loaded.model, outputs, spec, loaded.custom_objects)
+    if data is not None:
+        return data_mod.load_npz(data, inputs, targets, batch_size=batch_size, batches=batches)
+    return data_mod.synthetic(inputs, targets, batch_size=batch_size, batches=batches, seed=seed)
 
 
 def _input_infos(model: Any, topo: Any) -> list[Any]:

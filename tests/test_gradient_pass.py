@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import numpy as np
@@ -18,9 +19,7 @@ def _prepare(model: Any, batch_size: int, batches: int, seed: int = 0) -> tuple[
     topo = topology.build_topology(model)
     outputs = list(topo.outputs)
     spec = api._spec(loaded, outputs, None, {}, topo)
-    inputs = api._input_infos(model, topo)
-    targets = api._target_infos(model, outputs, spec, loaded.custom_objects)
-    data = data_mod.synthetic(inputs, targets, batch_size=batch_size, batches=batches, seed=seed)
+    data = api._dataset(loaded, topo, outputs, spec, batch_size=batch_size, batches=batches, seed=seed)
     return spec.output_terms, outputs, data
 
 
@@ -69,8 +68,6 @@ def test_sums_are_cleared_across_batch_modes(build_sample: Callable[..., Any]) -
     terms, outputs, data = _prepare(model, batch_size=8, batches=3)
     gradient_pass = GradientPass(model, terms, data, outputs)
     first = gradient_pass.run(data)
-    import dataclasses
-
     gradient_pass.run(dataclasses.replace(data, batches=1))
     np.testing.assert_array_equal(gradient_pass.run(data).gram, first.gram)
 
