@@ -7,8 +7,7 @@ Usage::
     python benchmarks/run.py --models mlp_8,resnet50_3 --out /tmp/bench
 
 For each model, in one process and after warm-up, it times gradviz's gradient
-pass (``gradviz.gradients.GradientPass.run``, what ``compute`` - and so
-``analyze`` - runs after tracing) and the three peers of ``peers.py`` over the
+pass (``Session.backend.run``, what ``analyze`` runs after tracing) and the three peers of ``peers.py`` over the
 same batches, interleaving repeats and reporting medians. Peak memory is
 measured per method in a fresh subprocess; the stages of ``gradviz inspect``
 in another fresh subprocess. The results are written as Markdown
@@ -62,22 +61,22 @@ class Prepared:
     """A model with everything gradviz and the peers need to run on it."""
 
     def __init__(self, name: str, batch_size: int, batches: int) -> None:
-        from gradviz import api, loading, topology
-        from gradviz.gradients import GradientPass
+        import gradviz
+        from gradviz.backends.tensorflow.gradient_pass import GradientPass
 
         self.name = name
         self.model = models.build(name)
-        loaded = loading.from_model(self.model)
-        topo = topology.build_topology(self.model)
-        self.outputs = list(topo.outputs) or topology.output_names(self.model)
-        # The same steps as gradviz.api.analyze (its private helpers, so the data and losses are identical).
-        spec = api._spec(loaded, self.outputs, None, {}, topo)
-        self.terms = spec.output_terms
-        self.data = api._dataset(loaded, topo, self.outputs, spec, batch_size=batch_size, batches=batches, seed=0)
-        self.gradient_pass = GradientPass(self.model, self.terms, self.data, self.outputs)
-        self.unordered = GradientPass(self.model, self.terms, self.data, self.outputs, lockstep=False)
+        # The same steps as gradviz.analyze, through its public seam (so the data and losses are identical).
+        self.session = gradviz.prepare(self.model)
+        self.outputs = self.session.outputs
+        self.terms = self.session.losses
+        self.data = self.session.data(batch_size=batch_size, batches=batches, seed=0)
+        self.gradient_pass = self.session.backend
+        self.unordered = GradientPass(self.model, self.terms, self.outputs, lockstep=False)
+        xs, ys = self.data.batch(0)
         self.peers = peers.build_peers(
-            self.model, self.outputs, [str(t.output) for t in self.terms], self.gradient_pass.loss_fns
+            self.model, self.outputs, [loss.output for loss in self.terms],
+            [loss.for_targets(tuple(ys[loss.output].shape)) for loss in self.terms],
         )
         self.params = int(sum(int(v.numpy().size) for v in self.model.trainable_variables))
 
@@ -105,10 +104,10 @@ class Prepared:
             self.peers[name].get_concrete_function(x, y)
 
     def cold_gradviz(self) -> Any:
-        """``gradviz.gradients.compute`` from scratch (builds and traces a new pass)."""
-        from gradviz.gradients import compute
+        """A new gradient pass from scratch (built, traced and run, as ``analyze`` does)."""
+        from gradviz.backends.tensorflow.gradient_pass import GradientPass
 
-        return compute(self.model, self.terms, self.data, self.outputs)
+        return GradientPass(self.model, self.terms, self.outputs).run(self.data)
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -219,7 +218,7 @@ def measure_memory(case: models.Case, method: str) -> dict[str, Any]:
 def dot_source(report: Any) -> tuple[str, str]:
     """DOT source of the analysed graph, and what made it.
 
-    Uses ``gradviz.render`` when it exists (it is being written on another branch);
+    Uses ``gradviz.output.diagram`` when it exists (it is being written on another branch);
     otherwise builds the DOT text with the graphviz package from ``report.graph``
     (no ``dot`` program either way).
     """
@@ -234,7 +233,7 @@ def dot_source(report: Any) -> tuple[str, str]:
                 made = fn(report)
             except TypeError:
                 continue
-            return str(getattr(made, "source", made)), f"gradviz.render.{name}"
+            return str(getattr(made, "source", made)), f"gradviz.output.diagram.{name}"
     import graphviz
 
     dot = graphviz.Digraph(report.model_name)
@@ -243,7 +242,7 @@ def dot_source(report: Any) -> tuple[str, str]:
         dot.node(str(node), label)
     for source, target in report.graph.edges():
         dot.edge(str(source), str(target))
-    return dot.source, "graphviz.Digraph from report.graph (no gradviz.render yet)"
+    return dot.source, "graphviz.Digraph from report.graph (no gradviz.output.diagram yet)"
 
 
 def child_stages(model: str, path: str, batch_size: int, batches: int) -> dict[str, Any]:
@@ -286,15 +285,13 @@ def graph_check(repeats: int = 5) -> dict[str, Any]:
     """Topology + analysis + DOT for a model of about 800 graph nodes (synthetic gradient statistics)."""
     import numpy as np
 
-    from gradviz import api, loading, topology
-    from gradviz.analysis import analyze_stats
-    from gradviz.gradients import GradientStats
+    import gradviz
+    from gradviz.core.analysis import analyze_stats
+    from gradviz.core.stats import GradientStats
+    from gradviz.model import topology
 
     model = models.build("graph_800")
-    loaded = loading.from_model(model)
-    topo = topology.build_topology(model)
-    outputs = list(topo.outputs)
-    spec = api._spec(loaded, outputs, None, {}, topo)
+    spec = gradviz.prepare(model).spec
     rng = np.random.default_rng(0)
     k, v = len(spec.terms), len(model.trainable_variables)
     factors = rng.standard_normal((v, k, 4))
@@ -379,7 +376,7 @@ def markdown(results: dict[str, Any]) -> str:
         "## Gradient pass: gradviz vs hand-written tapes",
         "",
         "Seconds per gradient pass over all batches (median of the repeats, after warm-up, methods interleaved), "
-        "one process. **gradviz**: `GradientPass.run` - what `gradients.compute` (and so `analyze`) runs after "
+        "one process. **gradviz**: `GradientPass.run` - what `analyze` runs after "
         "tracing: one compiled forward + K backward passes with the per-variable Gram matrices reduced in the graph "
         "(float64, or float32 chunks summed in float64 for large variables), mean-gradient mode (K float32 accumulators for more than one batch), results fetched to NumPy; after its first call it calls the traced concrete functions directly "
         "(skipping `tf.function`'s argument matching, ~0.2 ms a call), while the peers call their `tf.function`s as "

@@ -5,8 +5,8 @@ The public names are imported lazily, so ``gradviz --help`` stays instant
 
 Example:
     >>> import gradviz
-    >>> callable(gradviz.analyze)
-    True
+    >>> callable(gradviz.analyze), callable(gradviz.prepare)
+    (True, True)
 """
 
 from __future__ import annotations
@@ -16,13 +16,24 @@ from typing import TYPE_CHECKING, Any
 from gradviz.errors import GradvizError
 
 if TYPE_CHECKING:
-    from gradviz.analysis import Finding, Report
-    from gradviz.api import analyze
+    from gradviz.core.analysis import Thresholds
+    from gradviz.core.report import Finding, Report
+    from gradviz.output.diagram import RenderOptions
+    from gradviz.session import Session, analyze, prepare
 
-__all__ = ["Finding", "GradvizError", "Report", "analyze"]
+__all__ = ["Finding", "GradvizError", "RenderOptions", "Report", "Session", "Thresholds", "analyze", "prepare"]
+#: the one source of the version (setup.cfg reads it)
 __version__ = "0.1.0"
 
-_LAZY = {"analyze": "gradviz.api", "Report": "gradviz.analysis", "Finding": "gradviz.analysis"}
+_LAZY = {
+    "analyze": "gradviz.session",
+    "prepare": "gradviz.session",
+    "Session": "gradviz.session",
+    "Report": "gradviz.core.report",
+    "Finding": "gradviz.core.report",
+    "Thresholds": "gradviz.core.analysis",
+    "RenderOptions": "gradviz.output.diagram",
+}
 
 
 def __getattr__(name: str) -> Any:

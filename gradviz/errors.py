@@ -41,3 +41,7 @@ class OutputError(GradvizError):
 
 class GraphvizMissingError(GradvizError):
     """Graphviz's ``dot`` program is needed but not installed."""
+
+
+class BackendError(GradvizError):
+    """Keras runs on an array library gradviz has no gradient backend for."""

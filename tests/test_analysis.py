@@ -10,8 +10,7 @@ import pytest
 from keras import layers, ops
 
 import gradviz
-from gradviz.analysis import combined_norm, shares
-
+from gradviz.core.stats import combined_norm, shares
 
 def kinds(report: gradviz.Report) -> set[str]:
     return {f.kind for f in report.findings}
@@ -195,7 +194,7 @@ def test_a_conflicting_loss_is_not_reported_as_drowned(tmp_path: Any) -> None:
 
 
 def report_name(model: keras.Model) -> str:
-    from gradviz.topology import output_names
+    from gradviz.model.topology import output_names
 
     return output_names(model)[1]
 

@@ -12,7 +12,6 @@ import pytest
 
 from gradviz.cli import main
 
-
 def test_every_command_has_help_with_an_example(cli: Any) -> None:
     assert "Example:" in cli("--help").output
     for name in main.commands:

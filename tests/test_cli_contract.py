@@ -110,12 +110,12 @@ def test_debug_in_process_raises(cli: Any, tmp_path: Path) -> None:
 
 def test_unexpected_exception_is_one_line(cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug (not a GradvizError) is still one line, naming its type and --debug."""
-    import gradviz.api
+    import gradviz.session
 
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise KeyError("internal")
 
-    monkeypatch.setattr(gradviz.api, "analyze", boom)
+    monkeypatch.setattr(gradviz.session, "analyze", boom)
     path = rm.save(rm.two_heads(), tmp_path / "m.keras")
     assert_one_error(cli("inspect", path), "unexpected KeyError", "--debug")
 

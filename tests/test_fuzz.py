@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 import fuzz_keras
 import gradviz
 import robust_models as rm
-from gradviz import loading
+from gradviz.model import loading
 from gradviz.errors import GradvizError, LossSpecError, ModelLoadError
-from gradviz.spec import parse_assignment, parse_loss_assignments, parse_weight, parse_weight_assignments
+from gradviz.core.spec import parse_assignment, parse_loss_assignments, parse_weight, parse_weight_assignments
 
 CASES = int(os.environ.get("GRADVIZ_FUZZ_CASES", "300"))
 #: seconds one mutant may take (a mutant that loads compiles its gradient function: ~0.3 s).

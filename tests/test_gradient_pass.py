@@ -8,19 +8,27 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from gradviz import api, loading, topology
+import gradviz
 from gradviz import data as data_mod
-from gradviz.gradients import MEAN_GRADIENT, PER_BATCH, GradientPass, compute
+from gradviz.backends.tensorflow.gradient_pass import GradientPass
+from gradviz.core.stats import MEAN_GRADIENT, PER_BATCH
 
 
 def _prepare(model: Any, batch_size: int, batches: int, seed: int = 0) -> tuple[Any, list[str], Any]:
-    """Terms, outputs and synthetic data, as ``analyze`` makes them."""
-    loaded = loading.from_model(model)
-    topo = topology.build_topology(model)
-    outputs = list(topo.outputs)
-    spec = api._spec(loaded, outputs, None, {}, topo)
-    data = api._dataset(loaded, topo, outputs, spec, batch_size=batch_size, batches=batches, seed=seed)
-    return spec.output_terms, outputs, data
+    """Resolved losses, outputs and synthetic data, as ``analyze`` makes them (through ``prepare``)."""
+    session = gradviz.prepare(model)
+    return session.losses, session.outputs, session.data(batch_size=batch_size, batches=batches, seed=seed)
+
+
+def compute(model: Any, losses: Any, data: Any, outputs: list[str], **kwargs: Any) -> Any:
+    """A one-off pass: built, traced and run once."""
+    progress = kwargs.pop("progress", None)
+    return GradientPass(model, losses, outputs, **kwargs).run(data, progress=progress)
+
+
+def _loss_fns(losses: Any, ys: Any) -> list[Any]:
+    """The Keras loss each resolved loss calls on these targets."""
+    return [loss.for_targets(tuple(ys[loss.output].shape)) for loss in losses]
 
 
 def _separate_gradients(model: Any, terms: Any, outputs: list[str], loss_fns: list[Any], x: Any, ys: Any,
@@ -48,7 +56,7 @@ def _gram(grads: list[list[np.ndarray]]) -> np.ndarray:
 def test_many_batches_trace_once(build_sample: Callable[..., Any], mode: str) -> None:
     model = build_sample("shared_trunk")
     terms, outputs, data = _prepare(model, batch_size=8, batches=6)
-    gradient_pass = GradientPass(model, terms, data, outputs, mode=mode)
+    gradient_pass = GradientPass(model, terms, outputs, mode=mode)
     first = gradient_pass.run(data)
     traced = gradient_pass.tracing_count()
     # mean-gradient: the accumulating step and the final reduction; per-batch: the statistics step
@@ -66,7 +74,7 @@ def test_sums_are_cleared_across_batch_modes(build_sample: Callable[..., Any]) -
     """A mean-gradient run after a one-batch run after a mean-gradient run still starts from zero."""
     model = build_sample("shared_trunk")
     terms, outputs, data = _prepare(model, batch_size=8, batches=3)
-    gradient_pass = GradientPass(model, terms, data, outputs)
+    gradient_pass = GradientPass(model, terms, outputs)
     first = gradient_pass.run(data)
     gradient_pass.run(dataclasses.replace(data, batches=1))
     np.testing.assert_array_equal(gradient_pass.run(data).gram, first.gram)
@@ -86,12 +94,12 @@ def test_statistics_match_separate_tapes(build_sample: Callable[..., Any], mode:
     model = build_sample("shared_trunk")
     batches = 3
     terms, outputs, data = _prepare(model, batch_size=16, batches=batches)
-    gradient_pass = GradientPass(model, terms, data, outputs, mode=mode, training=False)
+    gradient_pass = GradientPass(model, terms, outputs, mode=mode, training=False)
     stats = gradient_pass.run(data)
     per_batch = []
     for b in range(batches):
         x, ys = data.batch(b)
-        per_batch.append(_separate_gradients(model, terms, outputs, gradient_pass.loss_fns, x, ys, training=False))
+        per_batch.append(_separate_gradients(model, terms, outputs, _loss_fns(terms, ys), x, ys, training=False))
     if mode == MEAN_GRADIENT:
         mean = [[sum(pb[k][v] for pb in per_batch) / batches for v in range(len(per_batch[0][k]))]
                 for k in range(len(terms))]
@@ -106,12 +114,12 @@ def test_one_batch_matches_separate_tapes(build_sample: Callable[..., Any]) -> N
     model = build_sample("ticket_router")
     terms, outputs, data = _prepare(model, batch_size=12, batches=1)
     stats = compute(model, terms, data, outputs, training=False)
-    gradient_pass = GradientPass(model, terms, data, outputs, training=False)
+    gradient_pass = GradientPass(model, terms, outputs, training=False)
     x, ys = data.batch(0)
     import tensorflow as tf
 
     grads = []
-    for term, fn in zip(terms, gradient_pass.loss_fns):
+    for term, fn in zip(terms, _loss_fns(terms, ys)):
         with tf.GradientTape() as tape:
             pred = dict(zip(outputs, model(x, training=False)))
             value = fn(tf.convert_to_tensor(ys[term.output]), pred[term.output])
@@ -124,11 +132,12 @@ def test_one_batch_matches_separate_tapes(build_sample: Callable[..., Any]) -> N
 
 
 def test_timings_cover_every_stage(sample_path: Callable[[str], Any]) -> None:
-    report = api.analyze(sample_path("shared_trunk"), batches=2)
+    report = gradviz.analyze(sample_path("shared_trunk"), batches=2)
     timings = report.to_dict()["timings"]
-    assert set(timings) == {"load", "graph", "gradients", "analysis", "total"}
+    assert set(timings) == {"load", "graph", "losses", "data", "gradients", "analysis", "total"}
     assert timings["gradients"] > 0
-    assert timings["total"] >= timings["load"] + timings["gradients"] - 1e-3
+    stages = sum(v for k, v in timings.items() if k != "total")
+    assert timings["total"] >= stages - 1e-3
     report.add_timing("render", 0.25)
     assert report.timings["render"] == 0.25
     assert report.to_dict()["timings"]["total"] == pytest.approx(timings["total"] + 0.25, abs=1e-3)
@@ -150,7 +159,7 @@ def test_mean_of_identical_batches_is_one_batch_with_regularization(regularizer:
     twice = data_mod.Data(tuple(np.concatenate([a, a]) for a in one.x),
                           {k: np.concatenate([v, v]) for k, v in one.y.items()}, 10, 2, True)
     expected = compute(model, terms, one, outputs)
-    gradient_pass = GradientPass(model, terms, twice, outputs)
+    gradient_pass = GradientPass(model, terms, outputs)
     for _ in range(2):
         stats = gradient_pass.run(twice)
         assert stats.loss_names == ("C", "D", "regularization")
@@ -166,7 +175,7 @@ def _wide_model(nan_weight: bool = False) -> Any:
     import keras
     from keras import layers
 
-    from gradviz.gradients import GRAM_CHUNK
+    from gradviz.backends.tensorflow.reduce import GRAM_CHUNK
 
     keras.utils.set_random_seed(1)
     x = keras.Input((300,), name="features")
@@ -184,9 +193,9 @@ def test_chunked_gram_of_large_variables_matches_float64() -> None:
     model = _wide_model()
     terms, outputs, data = _prepare(model, batch_size=32, batches=1)
     stats = compute(model, terms, data, outputs, training=False)
-    gradient_pass = GradientPass(model, terms, data, outputs, training=False)
+    gradient_pass = GradientPass(model, terms, outputs, training=False)
     x, ys = data.batch(0)
-    grads = _separate_gradients(model, terms, outputs, gradient_pass.loss_fns, x, ys, training=False)
+    grads = _separate_gradients(model, terms, outputs, _loss_fns(terms, ys), x, ys, training=False)
     np.testing.assert_allclose(stats.gram, _gram(grads), rtol=1e-6, atol=1e-12)
     expected_max = np.array([[np.abs(grads[k][v]).max() for k in range(len(terms))] for v in range(len(grads[0]))])
     np.testing.assert_allclose(stats.max_abs, expected_max, rtol=1e-6)
@@ -237,16 +246,16 @@ def test_lockstep_changes_no_number() -> None:
     """Backward passes in lockstep give what separate tapes give, and what unordered passes give."""
     model = _conv_heads()
     terms, outputs, data = _prepare(model, batch_size=6, batches=1)
-    ordered = GradientPass(model, terms, data, outputs)
+    ordered = GradientPass(model, terms, outputs)
     stats = ordered.run(data)
     assert ordered.lockstep and _lockstep_edges(ordered, data) > 0  # really ordered, no fallback
-    unordered = GradientPass(model, terms, data, outputs, lockstep=False)
+    unordered = GradientPass(model, terms, outputs, lockstep=False)
     plain = unordered.run(data)
     assert _lockstep_edges(unordered, data) == 0
     np.testing.assert_allclose(stats.gram, plain.gram, rtol=1e-6, atol=1e-12)
     np.testing.assert_array_equal(stats.exists, plain.exists)
     x, ys = data.batch(0)
-    grads = _separate_gradients(model, terms, outputs, ordered.loss_fns, x, ys, training=True)
+    grads = _separate_gradients(model, terms, outputs, _loss_fns(terms, ys), x, ys, training=True)
     names = list(stats.loss_names)
     outs = [names.index(t.name) for t in terms]
     np.testing.assert_allclose(stats.gram[:, outs][:, :, outs], _gram(grads), rtol=1e-5, atol=1e-9)
@@ -254,9 +263,9 @@ def test_lockstep_changes_no_number() -> None:
 
 def test_lockstep_cycle_falls_back_to_unordered(monkeypatch: pytest.MonkeyPatch) -> None:
     """If a graph rewrite ties the ordering edges into a cycle, the pass retraces without them."""
-    from gradviz import gradients
+    from gradviz.backends.tensorflow import lockstep
 
-    real = gradients._Lockstep.serialize
+    real = lockstep.Lockstep.serialize
 
     def tangled(self: Any, done: list[list[Any]]) -> None:
         real(self, done)
@@ -264,29 +273,47 @@ def test_lockstep_cycle_falls_back_to_unordered(monkeypatch: pytest.MonkeyPatch)
         first = next(per_loss[v] for per_loss in self.dense if per_loss[v] is not None)
         first.op._add_control_input(done[v][0].op)  # the gradient waits for its own statistics
 
-    monkeypatch.setattr(gradients._Lockstep, "serialize", tangled)
+    monkeypatch.setattr(lockstep.Lockstep, "serialize", tangled)
     model = _conv_heads()
     terms, outputs, data = _prepare(model, batch_size=4, batches=1)
-    gradient_pass = GradientPass(model, terms, data, outputs)
+    gradient_pass = GradientPass(model, terms, outputs)
     stats = gradient_pass.run(data)
     assert not gradient_pass.lockstep
-    expected = GradientPass(model, terms, data, outputs, lockstep=False).run(data)
+    assert "cycle" in str(gradient_pass.meta["lockstep_fallback"])  # the report's meta says so
+    expected = GradientPass(model, terms, outputs, lockstep=False).run(data)
     np.testing.assert_allclose(stats.gram, expected.gram, rtol=1e-6, atol=1e-12)
     assert gradient_pass.tracing_count() == 2  # the tangled trace and the plain one
 
 
 def test_lockstep_without_graph_internals_still_computes(monkeypatch: pytest.MonkeyPatch) -> None:
     """If TensorFlow drops the private graph API the ordering uses, the pass runs unordered."""
-    from gradviz import gradients
+    from gradviz.backends.tensorflow import lockstep
 
     def missing(self: Any) -> Any:
         raise AttributeError("'Operation' object has no attribute '_add_control_input'")
 
-    monkeypatch.setattr(gradients._Lockstep, "order", missing)
+    monkeypatch.setattr(lockstep.Lockstep, "order", missing)
     model = _conv_heads()
     terms, outputs, data = _prepare(model, batch_size=4, batches=1)
-    gradient_pass = GradientPass(model, terms, data, outputs)
+    gradient_pass = GradientPass(model, terms, outputs)
     stats = gradient_pass.run(data)
     assert _lockstep_edges(gradient_pass, data) == 0
-    expected = GradientPass(model, terms, data, outputs, lockstep=False).run(data)
+    assert "graph internals" in str(gradient_pass.meta["lockstep_fallback"])
+    expected = GradientPass(model, terms, outputs, lockstep=False).run(data)
     np.testing.assert_allclose(stats.gram, expected.gram, rtol=1e-6, atol=1e-12)
+
+
+def test_session_runs_many_times_and_traces_once(sample_path: Callable[[str], Any]) -> None:
+    """prepare() once, run() twice: the same report as analyze(), and the pass traced once."""
+    session = gradviz.prepare(sample_path("shared_trunk"))
+    first = session.run(batch_size=8, batches=1, seed=3)
+    traced = session.tracing_count()
+    assert traced >= 1
+    second = session.run(batch_size=8, batches=1, seed=3)
+    assert session.tracing_count() == traced
+    expected = gradviz.analyze(sample_path("shared_trunk"), batch_size=8, batches=1, seed=3)
+    for report in (first, second):
+        assert {k: v for k, v in report.to_dict().items() if k != "timings"} == {
+            k: v for k, v in expected.to_dict().items() if k != "timings"
+        }
+    assert first.meta["backend"] == "tensorflow" and first.meta["lockstep_fallback"] is None

@@ -23,8 +23,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 import gradviz
-from gradviz.spec import REGULARIZATION
-
+from gradviz.core.spec import REGULARIZATION
 
 def _write_npz(path: Path, x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> Path:
     arrays = {f"x:{k}": v for k, v in x.items()} | {f"y:{k}": v for k, v in y.items()}

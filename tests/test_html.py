@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import gradviz
-from gradviz.html import EXPLANATIONS, build_html
-from gradviz.render import RenderOptions
+from gradviz.output.html import EXPLANATIONS, build_html
+from gradviz.output.diagram import RenderOptions
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 VOID = {"meta", "br", "img", "input", "link", "hr", "col", "wbr", "source", "area", "base", "embed", "param", "track"}

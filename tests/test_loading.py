@@ -11,7 +11,7 @@ from keras import layers
 
 import gradviz
 from gradviz.errors import UnsafeModelError
-from gradviz.loading import load_model
+from gradviz.model.loading import load_model
 
 CUSTOM = '''
 import keras
@@ -51,7 +51,7 @@ def test_h5_file_reads_training_config(build_sample: Any, tmp_path: Path) -> Non
 def test_custom_objects_file_resolves_layers_and_losses(tmp_path: Path) -> None:
     script = tmp_path / "custom.py"
     script.write_text(CUSTOM)
-    from gradviz.loading import import_custom_objects
+    from gradviz.model.loading import import_custom_objects
 
     objects = import_custom_objects(script)
     x = keras.Input((3,), name="x")

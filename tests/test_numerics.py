@@ -132,6 +132,6 @@ def test_nan_model_through_the_cli(cli: Any, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value, text", [(math.nan, "nan"), (math.inf, "inf"), (-math.inf, "-inf"), (1.5, 1.5)])
 def test_non_finite_numbers_become_strings(value: float, text: Any) -> None:
-    from gradviz.analysis import json_number
+    from gradviz.core.report import json_number
 
     assert json_number(value) == text

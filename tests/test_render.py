@@ -15,9 +15,9 @@ import pytest
 
 import gradviz
 from gradviz import output
-from gradviz.analysis import Report
+from gradviz.core.report import Report
 from gradviz.errors import GraphvizMissingError, OutputError
-from gradviz.render import RenderOptions, build_dot, render, tint
+from gradviz.output.diagram import RenderOptions, build_dot, render, tint
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"

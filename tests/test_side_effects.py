@@ -24,7 +24,7 @@ from keras import layers
 
 import gradviz
 import robust_models as rm
-from gradviz import output
+from gradviz.output import files as output
 from test_bad_input import assert_one_error
 
 

@@ -6,7 +6,8 @@ import keras
 import pytest
 
 from gradviz.errors import LossSpecError
-from gradviz.spec import REGULARIZATION, build_spec, display_name, resolve_loss, target_kind
+from gradviz.core.spec import REGULARIZATION, build_spec, display_name
+from gradviz.model.losses import resolve_loss, target_kind
 
 OUTS = ["C", "D"]
 

@@ -11,8 +11,9 @@ import networkx as nx
 import pytest
 from keras import layers, ops
 
-from gradviz.topology import build_topology, input_id_ranges, input_names, output_names
+from gradviz.model.topology import build_topology, input_names, output_names
 
+from gradviz.core.graph import input_id_ranges
 
 def _nested() -> keras.Model:
     keras.backend.clear_session()  # op names (relu, stop_gradient) are numbered per session

@@ -22,9 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gradviz
-from gradviz import weighting
+from gradviz.core import weighting
 from gradviz.errors import LossSpecError
-from gradviz.palette import loss_colors
+from gradviz.core.palette import loss_colors
 
 ROWS = 16
 

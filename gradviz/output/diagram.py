@@ -8,7 +8,7 @@ Graphviz's ``dot`` program; a missing binary becomes
 
 What the drawing means (also in the README):
 
-* Each loss has a colour (:func:`gradviz.palette.loss_colors`, assigned once in the analysis); fills use a
+* Each loss has a colour (:func:`gradviz.core.palette.loss_colors`, assigned once in the analysis); fills use a
   lighter tint of it so the black labels stay readable.
 * A layer reached by one loss is filled with its tint; a layer reached by
   several is striped, each stripe as wide as that loss's weighted gradient
@@ -31,9 +31,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from gradviz.analysis import LayerInfo, Report, group_info, loss_node
+from gradviz.core.analysis import group_info
+from gradviz.core.report import LayerInfo, Report, loss_node
 from gradviz.errors import GraphvizMissingError, OutputError
-from gradviz.report import fmt
+from gradviz.output.text import fmt
 
 RANKDIRS = ("TB", "LR")
 #: the formats :func:`render` produces with Graphviz

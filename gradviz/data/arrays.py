@@ -32,7 +32,8 @@ class TensorInfo:
         shape: the shape, batch dimension first (None where unknown).
         dtype: the dtype name (``float32``, ``int32``, ``string``).
         id_range: for integer inputs that feed an Embedding, the vocabulary size.
-        kind: for outputs, the targets the loss expects (see ``spec.target_kind``).
+        kind: for outputs, the targets the loss expects (see :func:`gradviz.model.losses.target_kind`;
+            ``classes``: one-hot or class ids, for ``crossentropy``, which Keras resolves by the targets).
     """
 
     name: str
@@ -133,7 +134,7 @@ def synthetic(
 def _target(info: TensorInfo, rows: int, rng: np.random.Generator) -> np.ndarray:
     dims = tuple(UNKNOWN_DIM if d is None else int(d) for d in info.shape[1:])
     classes = dims[-1] if dims else 1
-    kind = info.kind
+    kind = "categorical" if info.kind == "classes" else info.kind  # one-hot, where ids would do too
     if kind == "categorical" and classes == 1:
         kind = "binary"  # 'crossentropy' on a one-unit output is binary, as in Keras
     if kind == "binary":
@@ -272,9 +273,10 @@ def _comparable_dims(shape: tuple[int, ...], info: TensorInfo, target: bool) -> 
     want = info.shape[1:]
     if len(shape) == rank + 1 and shape[-1] == 1:
         return want
-    if target and want and len(shape) == rank - 1 and (info.kind == "sparse" or want[-1] == 1):
+    ids = info.kind in ("sparse", "classes")  # class ids are valid targets
+    if target and want and len(shape) == rank - 1 and (ids or want[-1] == 1):
         return want[:-1]
-    if target and want and info.kind == "sparse" and len(shape) == rank and shape[-1] == 1:
+    if target and want and ids and len(shape) == rank and shape[-1] == 1:
         return want[:-1]
     return want if len(shape) == rank else None
 

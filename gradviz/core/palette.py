@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from gradviz.spec import REGULARIZATION
+from gradviz.core.spec import REGULARIZATION
 
-#: Okabe-Ito colours, most distinct first: blue, orange, bluish green, reddish purple,
+#: Okabe-Ito colours, most distinct first: blue, orange, bluish green, reddish purple
 #: sky blue, vermillion, yellow. (Black is kept for text and edges.)
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
 

@@ -14,11 +14,11 @@ model in ``parent``. Subclassed models cannot be walked and stay one node.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
+from gradviz.core.graph import Topology, VariableInfo
 from gradviz.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -55,50 +55,6 @@ GRADIENT_BLOCKING = frozenset(
         "CategoryEncoding",
     }
 )
-
-
-@dataclass(frozen=True)
-class VariableInfo:
-    """A trainable variable, in the order of ``model.trainable_variables``.
-
-    Attributes:
-        path: unique name (Keras's ``variable.path``, qualified by the nested
-            model where two would clash).
-        layer: the graph node that owns it.
-        shape: its shape.
-    """
-
-    path: str
-    layer: str
-    shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Topology:
-    """The walked model.
-
-    Attributes:
-        graph: nodes keyed by qualified layer/op name with attributes ``kind``
-            (input, layer, op, model), ``class_name``, ``parent``,
-            ``trainable_params``, ``variables``, ``output_shape``,
-            ``activation``, ``blocks_gradient`` and ``order`` (a stable
-            topological index); edges carry ``shape``.
-        outputs: model output name -> graph node producing it, in output order.
-        inputs: model input name -> graph node.
-        variables: one entry per trainable variable, in model order.
-        complete: False when part of the model could not be walked (subclassed).
-    """
-
-    graph: nx.DiGraph
-    outputs: dict[str, str]
-    inputs: dict[str, str]
-    variables: tuple[VariableInfo, ...]
-    complete: bool = True
-
-    @property
-    def layer_names(self) -> list[str]:
-        """Graph nodes in topological order."""
-        return sorted(self.graph.nodes, key=lambda n: self.graph.nodes[n]["order"])
 
 
 def output_names(model: keras.Model) -> list[str]:
@@ -174,21 +130,6 @@ def build_topology(model: keras.Model) -> Topology:
     order = {n: i for i, n in enumerate(ordered)}
     nx.set_node_attributes(walker.graph, order, "order")
     return Topology(walker.graph, output_map, inputs, variables, walker.complete)
-
-
-def input_id_ranges(topology: Topology) -> dict[str, int]:
-    """For each model input that feeds an Embedding (at any nesting depth), its vocabulary size.
-
-    Synthetic data draws ids in ``[0, input_dim)`` for these inputs (the smallest
-    vocabulary when one input feeds several Embeddings).
-    """
-    graph = topology.graph
-    ranges: dict[str, int] = {}
-    for name, node in topology.inputs.items():
-        dims = [graph.nodes[n]["input_dim"] for n in graph.successors(node) if graph.nodes[n].get("input_dim")]
-        if dims:
-            ranges[name] = min(dims)
-    return ranges
 
 
 def input_names(model: keras.Model) -> list[str]:

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from gradviz.analysis import STATUSES, Report
+from gradviz.core.report import STATUSES, Report
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 STATUS_STYLE = {"shared": "green", "exclusive": "blue", "dead": "red", "unreached": "magenta", "no-trainable-weights": "dim"}

@@ -14,7 +14,7 @@ from typing import Any
 
 import networkx as nx
 
-from gradviz.analysis import Report
+from gradviz.core.report import Report
 
 
 def graphml_value(value: Any) -> str | int | float | bool | None:

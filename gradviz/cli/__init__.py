@@ -106,7 +106,7 @@ def make_render_options(kwargs: dict[str, Any]) -> Any:
     """Pop the :func:`render_options` values from ``kwargs`` into a ``RenderOptions`` (with the command line)."""
     import shlex
 
-    from gradviz.render import RenderOptions
+    from gradviz.output.diagram import RenderOptions
 
     return RenderOptions(
         show_shapes=kwargs.pop("show_shapes"),
@@ -120,18 +120,18 @@ def make_render_options(kwargs: dict[str, Any]) -> Any:
 
 def run_analysis(model: str, **kwargs: Any) -> Any:
     """Parse the shared options and call :func:`gradviz.analyze`."""
-    from gradviz.spec import parse_loss_assignments, parse_weight_assignments
+    from gradviz.core.spec import parse_loss_assignments, parse_weight_assignments
 
     losses = parse_loss_assignments(kwargs["losses"])
     weights = parse_weight_assignments(kwargs["loss_weights"])
     # Robustness (issue 5): TensorFlow's native import-time log lines must not turn a one-line
     # error into six, and prints from custom layers must not reach stdout (the report's).
-    from gradviz.loading import check_path
+    from gradviz.model.loading import check_path
     from gradviz.quiet import import_tensorflow_quietly, stdout_to_stderr
 
     check_path(model)  # a missing or empty file fails before the seconds-long TensorFlow import
     import_tensorflow_quietly(debug=kwargs.get("debug", False))
-    from gradviz.api import analyze
+    from gradviz.session import analyze
 
     batches = kwargs["batches"]
     with _progress(batches) as progress, stdout_to_stderr():
@@ -162,7 +162,13 @@ class _progress:
         if self.batches <= 1:
             return None
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.bar = Progress(TextColumn("gradients"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             console=Console(stderr=True), transient=True)
@@ -217,7 +223,8 @@ def inspect(model: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None
       gradviz inspect model.keras -o flow.svg -o report.html --show-norms --compact
     """
     from gradviz import output
-    from gradviz.analysis import severity_at_least
+    from gradviz.core.report import severity_at_least
+
     options = make_render_options(kwargs)
     formats = [output.prepare(path, fmt) for path in outputs]  # fail before the (slow) analysis
     _note_html_without_dot(formats)
@@ -233,7 +240,7 @@ def inspect(model: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None
     if as_json:
         click.echo(report.to_json())
     else:
-        from gradviz.report import summary
+        from gradviz.output.text import summary
 
         width = max(80, min(160, _terminal_width()))
         click.echo(summary(report, all_layers=all_layers, width=width, color=sys.stdout.isatty()), nl=False)
@@ -281,7 +288,8 @@ def weights_command(model: str, tries: tuple[str, ...], sweeps: tuple[str, ...],
       gradviz weights model.keras --sweep D=log:1e-3:10:9 -o shares.png
       gradviz weights model.keras --try D=0.1 -o flow.svg --show-norms
     """
-    from gradviz import weighting, weighting_report
+    from gradviz.core import weighting
+    from gradviz.output import weights as weighting_report
 
     parsed_tries = [weighting.parse_try(text) for text in tries]
     parsed_sweeps = [weighting.parse_sweep(text) for text in sweeps]
@@ -303,7 +311,7 @@ def weights_command(model: str, tries: tuple[str, ...], sweeps: tuple[str, ...],
 
 
 def _note_html_without_dot(formats: list[str]) -> None:
-    from gradviz.render import dot_available
+    from gradviz.output.diagram import dot_available
 
     if "html" in formats and not dot_available():
         click.echo("note: Graphviz's dot is not installed: the HTML report is written without its diagram", err=True)

@@ -3,7 +3,7 @@
 A failed run leaves no half-written file: content goes to a temporary file in
 the target's directory, which replaces the target only when complete.
 
-Every writer takes the report and the :class:`~gradviz.render.RenderOptions`
+Every writer takes the report and the :class:`~gradviz.output.diagram.RenderOptions`
 and returns the file's bytes; :data:`NEEDS_GRAPHVIZ` names the formats that
 run Graphviz's ``dot``.
 """
@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from gradviz.analysis import Report
+from gradviz.core.report import Report
 from gradviz.errors import OutputError
-from gradviz.render import GRAPHVIZ_FORMATS, RenderOptions
+from gradviz.output.diagram import GRAPHVIZ_FORMATS, RenderOptions
 
 Writer = Callable[[Report, RenderOptions], bytes]
 
@@ -27,14 +27,14 @@ def _json(report: Report, options: RenderOptions) -> bytes:
 
 
 def _dot(report: Report, options: RenderOptions) -> bytes:
-    from gradviz.render import build_dot
+    from gradviz.output.diagram import build_dot
 
     return build_dot(report, options).encode("utf-8")
 
 
 def _graphviz(fmt: str) -> Writer:
     def write(report: Report, options: RenderOptions) -> bytes:
-        from gradviz.render import build_dot, render
+        from gradviz.output.diagram import build_dot, render
 
         return render(build_dot(report, options), fmt)
 
@@ -42,13 +42,13 @@ def _graphviz(fmt: str) -> Writer:
 
 
 def _html(report: Report, options: RenderOptions) -> bytes:
-    from gradviz.html import build_html
+    from gradviz.output.html import build_html
 
     return build_html(report, options).encode("utf-8")
 
 
 def _graphml(report: Report, options: RenderOptions) -> bytes:
-    from gradviz.graphml import to_graphml
+    from gradviz.output.graphml import to_graphml
 
     return to_graphml(report)
 
@@ -123,7 +123,7 @@ def prepare(path: str | Path, fmt: str | None = None) -> str:
         OutputError: unknown format or an unwritable path.
         GraphvizMissingError: the format needs ``dot`` and it is not installed.
     """
-    from gradviz.render import require_dot
+    from gradviz.output.diagram import require_dot
 
     name = format_of(path, fmt)
     if name in NEEDS_GRAPHVIZ:
@@ -166,7 +166,7 @@ def write(report: Report, path: str | Path, fmt: str | None = None, options: Ren
         report: the analysis.
         path: the file to write.
         fmt: a format overriding the extension.
-        options: how to draw diagrams (default :class:`~gradviz.render.RenderOptions`).
+        options: how to draw diagrams (default :class:`~gradviz.output.diagram.RenderOptions`).
 
     Raises:
         OutputError: unknown format or the file cannot be written.

@@ -380,7 +380,9 @@ def _random_streams_kept() -> Iterator[None]:
     import random
 
     import numpy as np
-    from keras.src.backend.common import global_state  # private: where the global SeedGenerator lives
+    from keras.src.backend.common import (
+        global_state,  # private: where the global SeedGenerator lives
+    )
     from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
 
     python_state = random.getstate()

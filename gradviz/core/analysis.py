@@ -1,7 +1,7 @@
 """Join gradient statistics with the model graph: reach, status, shares, findings.
 
 Pure Python and NumPy (no TensorFlow): every figure here is derived from the
-per-variable Gram matrices of :class:`gradviz.gradients.GradientStats`, so the
+per-variable Gram matrices of :class:`gradviz.backends.tensorflow.gradient_pass.GradientStats`, so the
 same code answers "what happens under other loss weights" without recomputing
 gradients.
 
@@ -19,22 +19,35 @@ Definitions (documented in the README):
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import networkx as nx
 import numpy as np
 
-from gradviz.gradients import GradientStats
-from gradviz.palette import loss_colors
-from gradviz.spec import LossSpec
-from gradviz.topology import Topology
+from gradviz.core.graph import Topology
+from gradviz.core.palette import loss_colors
+from gradviz.core.report import (
+    SEVERITIES,
+    Finding,
+    LayerInfo,
+    LossInfo,
+    Pair,
+    Report,
+    VariableInfo,
+    loss_node,
+)
+from gradviz.core.spec import LossSpec
+from gradviz.core.stats import (
+    GradientStats,
+    combined_norm,
+    cosine,
+    magnitude_similarity,
+    shares,
+    sqrt_nonneg,
+)
 
-SEVERITIES = ("info", "warning", "error")
-STATUSES = ("shared", "exclusive", "dead", "unreached", "no-trainable-weights")
-LOSS_NODE_PREFIX = "loss:"
 #: a trunk cosine below minus this is a clear conflict (a warning); between it and 0, info
 CLEAR_CONFLICT = 0.1
 
@@ -54,152 +67,6 @@ class Thresholds:
     dominated: float = 0.95
 
 
-@dataclass(frozen=True)
-class LossInfo:
-    """A loss as the report shows it."""
-
-    name: str
-    loss: str
-    weight: float
-    value: float
-    output: str | None
-    color: str = ""
-
-
-@dataclass(frozen=True)
-class Pair:
-    """A figure about two losses on one layer."""
-
-    losses: tuple[str, str]
-    cosine: float
-    magnitude_similarity: float
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """A graph node (layer, operation, input) with its per-loss figures."""
-
-    name: str
-    class_name: str
-    kind: str
-    parent: str
-    trainable_params: int
-    grad_norm: dict[str, float | None]
-    combined_grad_norm: float | None
-    reached_by: tuple[str, ...]
-    status: str
-    share: dict[str, float]
-    pairs: tuple[Pair, ...]
-    output_shape: str
-
-
-@dataclass(frozen=True)
-class VariableInfo:
-    """A trainable variable with its per-loss figures."""
-
-    path: str
-    layer: str
-    shape: tuple[int, ...]
-    grad_norm: dict[str, float | None]
-    combined_grad_norm: float | None
-
-
-@dataclass(frozen=True)
-class Finding:
-    """Something the user should know, with the losses and layers it concerns."""
-
-    kind: str
-    severity: str
-    message: str
-    losses: tuple[str, ...] = ()
-    layers: tuple[str, ...] = ()
-
-
-@dataclass
-class Report:
-    """The analysis of one model under one weighting.
-
-    ``graph`` is the networkx graph (layers, operations and one node per loss,
-    named ``loss:<name>``) with every figure as node attributes. ``timings`` is
-    seconds per stage: ``load``, ``graph``, ``gradients`` (the whole gradient
-    pass, first-call trace included), ``analysis`` and ``total``; stages run
-    afterwards (``render``) are added with :meth:`add_timing`.
-    """
-
-    model_name: str
-    losses: list[LossInfo]
-    layers: list[LayerInfo]
-    variables: list[VariableInfo]
-    edges: list[tuple[str, str]]
-    findings: list[Finding]
-    graph: nx.DiGraph
-    trunk: LayerInfo | None
-    meta: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-    stats: GradientStats | None = field(default=None, repr=False)
-    topology: Topology | None = field(default=None, repr=False)
-    spec: LossSpec | None = field(default=None, repr=False)
-
-    def add_timing(self, stage: str, seconds: float) -> None:
-        """Record a stage run after :func:`gradviz.analyze` (``render`` when diagrams are written).
-
-        ``total`` grows by the same amount, so it stays the wall time of everything timed.
-
-        Example:
-            >>> import networkx as nx
-            >>> r = Report("m", [], [], [], [], [], nx.DiGraph(), None, timings={"load": 1.0, "total": 2.0})
-            >>> r.add_timing("render", 0.5)
-            >>> r.timings
-            {'load': 1.0, 'total': 2.5, 'render': 0.5}
-        """
-        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
-        self.timings["total"] = self.timings.get("total", 0.0) + seconds
-
-    def layer(self, name: str) -> LayerInfo:
-        """The layer called ``name``."""
-        for info in self.layers:
-            if info.name == name:
-                return info
-        raise KeyError(name)
-
-    def findings_of(self, kind: str) -> list[Finding]:
-        """The findings of one kind."""
-        return [f for f in self.findings if f.kind == kind]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON report as plain Python data (the documented contract)."""
-        return {
-            "model": self.model_name,
-            "losses": [loss_figures(l) for l in self.losses],
-            "layers": [_layer_dict(info) for info in self.layers],
-            "trunk": _layer_dict(self.trunk) if self.trunk else None,
-            "variables": [
-                {
-                    "path": v.path,
-                    "layer": v.layer,
-                    "shape": list(v.shape),
-                    "grad_norm": {k: json_number(x) for k, x in v.grad_norm.items()},
-                    "combined_grad_norm": json_number(v.combined_grad_norm),
-                }
-                for v in self.variables
-            ],
-            "edges": [{"source": s, "target": t} for s, t in self.edges],
-            "findings": [finding_figures(f) for f in self.findings],
-            "meta": self.meta,
-            "timings": {k: round(v, 4) for k, v in self.timings.items()},
-        }
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """The JSON report as text."""
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-
-
-def finding_figures(finding: Finding) -> dict[str, Any]:
-    """A finding as the JSON report lists it."""
-    return {"kind": finding.kind, "severity": finding.severity, "message": finding.message,
-            "losses": list(finding.losses), "layers": list(finding.layers)}
-
-
 def conflicting_layers(layers: Iterable[LayerInfo], losses: tuple[str, str]) -> list[str]:
     """The shared layers where the two losses' gradients have a negative cosine, in the given order."""
     return [
@@ -208,106 +75,7 @@ def conflicting_layers(layers: Iterable[LayerInfo], losses: tuple[str, str]) -> 
     ]
 
 
-def loss_figures(loss: LossInfo) -> dict[str, Any]:
-    """A loss as the JSON report lists it."""
-    return {"name": loss.name, "loss": loss.loss, "weight": loss.weight, "value": json_number(loss.value),
-            "output": loss.output, "color": loss.color}
-
-
-def json_number(x: float | None) -> float | str | None:
-    """JSON-safe number: NaN and Inf become strings, since JSON has no such numbers.
-
-    Example:
-        >>> json_number(float("nan")), json_number(1), json_number(None)
-        ('nan', 1.0, None)
-    """
-    if x is None:
-        return None
-    if math.isnan(x) or math.isinf(x):
-        return str(x)
-    return float(x)
-
-
-def _layer_dict(info: LayerInfo) -> dict[str, Any]:
-    return {
-        "name": info.name,
-        "class": info.class_name,
-        "kind": info.kind,
-        "parent": info.parent or None,
-        "output_shape": info.output_shape,
-        "trainable_params": info.trainable_params,
-        "grad_norm": {k: json_number(x) for k, x in info.grad_norm.items()},
-        "combined_grad_norm": json_number(info.combined_grad_norm),
-        "reached_by": list(info.reached_by),
-        "status": info.status,
-        "share": {k: json_number(x) for k, x in info.share.items()},
-        **pair_figures(info),
-    }
-
-
-def pair_figures(info: LayerInfo) -> dict[str, Any]:
-    """A layer's loss-pair figures as JSON: ``cosine`` and ``magnitude_similarity`` lists."""
-    return {
-        "cosine": [{"losses": list(p.losses), "value": json_number(p.cosine)} for p in info.pairs],
-        "magnitude_similarity": [
-            {"losses": list(p.losses), "value": json_number(p.magnitude_similarity)} for p in info.pairs
-        ],
-    }
-
-
 # -- figures from Gram matrices ----------------------------------------------
-
-
-def _sqrt(x: float) -> float:
-    return math.sqrt(x) if x > 0 else (x if math.isnan(x) else 0.0)
-
-
-def combined_norm(gram: np.ndarray, weights: np.ndarray) -> float:
-    """Norm of ``sum_k w_k g_k`` from the Gram matrix of the ``g_k``.
-
-    Example:
-        >>> g = np.array([[4.0, 0.0], [0.0, 9.0]])  # |g1| = 2, |g2| = 3, orthogonal
-        >>> combined_norm(g, np.array([1.0, 1.0]))  # sqrt(4 + 9)
-        3.605551275463989
-    """
-    return _sqrt(float(weights @ gram @ weights))
-
-
-def shares(gram: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Each loss's share of the combined gradient: ``w_k <g_k, g> / |g|^2``; sums to 1.
-
-    Example:
-        >>> shares(np.array([[1.0, -0.5], [-0.5, 4.0]]), np.array([1.0, 1.0])).round(3).tolist()
-        [0.125, 0.875]
-    """
-    total = float(weights @ gram @ weights)
-    if not math.isfinite(total):  # a NaN/Inf gradient: no loss's share is meaningful
-        return np.full(len(weights), math.nan)
-    if not total > 0:
-        return np.zeros(len(weights))
-    return weights * (gram @ weights) / total
-
-
-def cosine(gram: np.ndarray, i: int, j: int) -> float:
-    """Cosine similarity of gradients i and j (NaN when either is zero).
-
-    Example:
-        >>> cosine(np.array([[1.0, -1.0], [-1.0, 4.0]]), 0, 1)
-        -0.5
-    """
-    denom = math.sqrt(gram[i, i] * gram[j, j]) if gram[i, i] > 0 and gram[j, j] > 0 else 0.0
-    return float(gram[i, j] / denom) if denom > 0 else float("nan")
-
-
-def magnitude_similarity(gram: np.ndarray, i: int, j: int) -> float:
-    """``2 |g_i| |g_j| / (|g_i|^2 + |g_j|^2)``: 1 for equal norms, near 0 for very different ones.
-
-    Example:
-        >>> magnitude_similarity(np.array([[1.0, 0.0], [0.0, 1.0]]), 0, 1)
-        1.0
-    """
-    total = gram[i, i] + gram[j, j]
-    return float(2 * math.sqrt(max(gram[i, i], 0) * max(gram[j, j], 0)) / total) if total > 0 else float("nan")
 
 
 # -- the analysis -------------------------------------------------------------
@@ -345,7 +113,7 @@ def analyze_stats(
             info.path,
             info.layer,
             info.shape,
-            {n: (_sqrt(stats.gram[v, k, k]) if stats.exists[v, k] else None) for k, n in enumerate(names)},
+            {n: (sqrt_nonneg(stats.gram[v, k, k]) if stats.exists[v, k] else None) for k, n in enumerate(names)},
             combined_norm(stats.gram[v], weights) if stats.exists[v].any() else None,
         )
         for v, info in enumerate(topology.variables)
@@ -410,7 +178,7 @@ def _layer_info(
     gram = stats.gram[var_ids].sum(axis=0)
     exists: np.ndarray = np.asarray(stats.exists[var_ids].any(axis=0))
     max_abs: np.ndarray = np.asarray(stats.max_abs[var_ids].max(axis=0))
-    grad_norm = {n: (_sqrt(gram[k, k]) if exists[k] else None) for k, n in enumerate(names)}
+    grad_norm = {n: (sqrt_nonneg(gram[k, k]) if exists[k] else None) for k, n in enumerate(names)}
     finite = np.asarray(stats.finite[var_ids].all(axis=0))
     # A NaN/Inf gradient reaches the layer (it is not "dead"); the nan-gradient finding reports it.
     reached = tuple(names[k] for k in output_losses if exists[k] and (max_abs[k] > 0 or not finite[k]))
@@ -502,19 +270,6 @@ def group_info(report: Report, name: str, members: Sequence[str]) -> LayerInfo:
         "trainable_params": sum(report.graph.nodes[m].get("trainable_params", 0) for m in members),
     }
     return _layer_info(name, node, var_ids, stats, names, weights, output_losses)
-
-
-def loss_node(name: str, graph: nx.DiGraph | None = None) -> str:
-    """The graph node of a loss: ``loss:<name>`` (suffixed if a layer has that name).
-
-    Example:
-        >>> loss_node("C")
-        'loss:C'
-    """
-    node = f"{LOSS_NODE_PREFIX}{name}"
-    while graph is not None and node in graph and graph.nodes[node].get("kind") != "loss":
-        node += "_"
-    return node
 
 
 # -- findings -------------------------------------------------------------------
@@ -757,13 +512,3 @@ def _first_blockers(graph: nx.DiGraph, layer: str, output: str) -> tuple[str, ..
     return tuple(_ordered(first, graph))
 
 
-def severity_at_least(findings: Sequence[Finding], level: str) -> list[Finding]:
-    """The findings of severity ``level`` or worse.
-
-    Example:
-        >>> fs = [Finding("a", "info", ""), Finding("b", "error", "")]
-        >>> [f.kind for f in severity_at_least(fs, "warning")]
-        ['b']
-    """
-    rank = SEVERITIES.index(level)
-    return [f for f in findings if SEVERITIES.index(f.severity) >= rank]

@@ -13,10 +13,10 @@ import math
 import re
 from collections import Counter
 
-from gradviz.analysis import STATUSES, Finding, LayerInfo, Report
+from gradviz.core.report import STATUSES, Finding, LayerInfo, Report
 from gradviz.errors import GraphvizMissingError
-from gradviz.render import RenderOptions, build_dot, render
-from gradviz.report import fmt
+from gradviz.output.diagram import RenderOptions, build_dot, render
+from gradviz.output.text import fmt
 
 #: per finding kind: (what it means, what to try)
 EXPLANATIONS: dict[str, tuple[str, str]] = {
@@ -261,7 +261,7 @@ def _counts(report: Report) -> str:
 def build_html(report: Report, options: RenderOptions = RenderOptions()) -> str:
     """The HTML report of ``report``: one self-contained page.
 
-    Runs Graphviz (through :func:`gradviz.render.render`) for the diagram; without
+    Runs Graphviz (through :func:`gradviz.output.diagram.render`) for the diagram; without
     it the page carries a note instead.
 
     Args:

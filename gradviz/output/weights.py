@@ -1,6 +1,6 @@
 """Showing what the loss weights do: the terminal summary, the sweep plot, output files.
 
-Takes a :class:`gradviz.weighting.WhatIf` and turns it into text, a
+Takes a :class:`gradviz.core.weighting.WhatIf` and turns it into text, a
 matplotlib figure (PNG/SVG, Agg backend, imported only when a plot is asked
 for) or files. Loss colours are :attr:`WhatIf.colors`, so the plot matches
 the diagrams' legend.
@@ -22,11 +22,11 @@ from rich.table import Table
 from rich.text import Text
 
 from gradviz import output
-from gradviz.analysis import conflicting_layers
-from gradviz.render import RenderOptions
+from gradviz.core.analysis import conflicting_layers
+from gradviz.core.weighting import CURRENT, TRUNK, Scenario, WhatIf
 from gradviz.errors import OutputError
-from gradviz.report import SEVERITY_STYLE, fmt, folded
-from gradviz.weighting import CURRENT, TRUNK, Scenario, WhatIf
+from gradviz.output.diagram import RenderOptions
+from gradviz.output.text import SEVERITY_STYLE, fmt, folded
 
 PLOT_FORMATS = ("png", "svg")
 JSON = "json"

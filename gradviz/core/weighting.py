@@ -2,8 +2,8 @@
 
 Pure Python and NumPy (no TensorFlow). Gradients are computed once (by
 :func:`gradviz.analyze`); every scenario here is the same
-:class:`~gradviz.gradients.GradientStats` re-read under other weights through
-:func:`gradviz.analysis.analyze_stats`. The norm of a weighted sum of
+:class:`~gradviz.backends.tensorflow.gradient_pass.GradientStats` re-read under other weights through
+:func:`gradviz.core.analysis.analyze_stats`. The norm of a weighted sum of
 gradients is ``sqrt(w^T G w)`` for the Gram matrix ``G`` of the unweighted
 gradients, so a scenario costs milliseconds and gives exactly the figures a
 fresh analysis with those weights would give.
@@ -30,18 +30,18 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from gradviz.analysis import (
+from gradviz.core.analysis import analyze_stats
+from gradviz.core.report import (
     Finding,
     LayerInfo,
     Report,
-    analyze_stats,
     finding_figures,
     json_number,
     loss_figures,
     pair_figures,
 )
+from gradviz.core.spec import parse_assignment, parse_weight
 from gradviz.errors import LossSpecError
-from gradviz.spec import parse_assignment, parse_weight
 
 #: findings whose presence depends on the weights (conflict does not: cosines are of unweighted gradients)
 WEIGHT_FINDINGS = ("dominated", "vanishing", "zero-weight")

@@ -1,0 +1,81 @@
+"""Gradient backends: per-loss gradients of a batch, reduced to per-variable statistics.
+
+A backend is what :class:`gradviz.session.Session` runs data through. It
+differentiates each resolved loss separately with the model's current weights
+(statelessly: the model is never written) and reduces the K gradients of every
+trainable variable to the statistics :class:`gradviz.core.stats.GradientStats`
+holds: the K x K Gram matrix, max-abs and finiteness per variable, and which
+gradients exist at all (no path: TensorFlow's None, kept apart from zero).
+Everything downstream (analysis, findings, outputs) reads only those
+statistics, so a backend for another array library plugs in here and nowhere
+else.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
+
+from gradviz.errors import BackendError
+
+if TYPE_CHECKING:
+    from gradviz.core.stats import GradientStats, Progress
+    from gradviz.data import Data
+    from gradviz.model.losses import ResolvedLoss
+
+#: the Keras backends gradviz computes gradients on
+SUPPORTED = ("tensorflow",)
+
+
+class GradientBackend(Protocol):
+    """What a gradient backend does.
+
+    Built once per model and loss set; :meth:`run` may be called many times and
+    compiles (traces) at most once per input signature.
+    """
+
+    #: the array library, as the report's ``meta.backend`` names it
+    name: str
+
+    def run(self, data: Data, progress: Progress | None = None) -> GradientStats:
+        """Per-loss gradient statistics of every trainable variable over ``data``'s batches.
+
+        Raises:
+            LossSpecError: a loss fails on the model's outputs.
+            DataError: the data does not fit the model.
+        """
+        ...
+
+    def tracing_count(self) -> int:
+        """How many times the backend has compiled (traced) its pass."""
+        ...
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What the report's ``meta`` says of this backend (at least ``backend``)."""
+        ...
+
+
+def create(
+    model: Any,
+    losses: Sequence[ResolvedLoss],
+    output_names: Sequence[str],
+    *,
+    training: bool,
+    mode: str,
+) -> GradientBackend:
+    """The gradient backend for the Keras backend the model runs on.
+
+    Raises:
+        BackendError: Keras runs on a backend gradviz does not support.
+    """
+    import keras
+
+    name = keras.backend.backend()
+    if name == "tensorflow":
+        from gradviz.backends.tensorflow.gradient_pass import GradientPass
+
+        return GradientPass(model, losses, output_names, training=training, mode=mode)
+    raise BackendError(
+        f"Keras runs on the {name!r} backend; gradviz computes gradients on: {', '.join(SUPPORTED)} "
+        "(set KERAS_BACKEND=tensorflow)"
+    )
