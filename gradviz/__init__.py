@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from gradviz.errors import GradvizError
 
 if TYPE_CHECKING:
-    from gradviz.core.analysis import Thresholds
+    from gradviz.core.findings import Thresholds
     from gradviz.core.report import Finding, Report
     from gradviz.output.diagram import RenderOptions
     from gradviz.session import Session, analyze, prepare
@@ -31,7 +31,7 @@ _LAZY = {
     "Session": "gradviz.session",
     "Report": "gradviz.core.report",
     "Finding": "gradviz.core.report",
-    "Thresholds": "gradviz.core.analysis",
+    "Thresholds": "gradviz.core.findings",
     "RenderOptions": "gradviz.output.diagram",
 }
 

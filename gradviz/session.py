@@ -21,7 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from gradviz.core.analysis import Thresholds, analyze_stats
+from gradviz.core.analysis import analyze_stats
+from gradviz.core.findings import Thresholds
 from gradviz.core.report import Report
 from gradviz.core.spec import LossSpec, LossTerm, build_spec, regularization_name
 from gradviz.core.stats import MEAN_GRADIENT, Progress

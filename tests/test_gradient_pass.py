@@ -114,7 +114,6 @@ def test_one_batch_matches_separate_tapes(build_sample: Callable[..., Any]) -> N
     model = build_sample("ticket_router")
     terms, outputs, data = _prepare(model, batch_size=12, batches=1)
     stats = compute(model, terms, data, outputs, training=False)
-    gradient_pass = GradientPass(model, terms, outputs, training=False)
     x, ys = data.batch(0)
     import tensorflow as tf
 
@@ -193,7 +192,6 @@ def test_chunked_gram_of_large_variables_matches_float64() -> None:
     model = _wide_model()
     terms, outputs, data = _prepare(model, batch_size=32, batches=1)
     stats = compute(model, terms, data, outputs, training=False)
-    gradient_pass = GradientPass(model, terms, outputs, training=False)
     x, ys = data.batch(0)
     grads = _separate_gradients(model, terms, outputs, _loss_fns(terms, ys), x, ys, training=False)
     np.testing.assert_allclose(stats.gram, _gram(grads), rtol=1e-6, atol=1e-12)

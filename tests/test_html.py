@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import gradviz
-from gradviz.output.html import EXPLANATIONS, build_html
+from gradviz.core.findings import REGISTRY, explanation
+from gradviz.output.html import build_html
 from gradviz.output.diagram import RenderOptions
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -64,7 +65,7 @@ def test_contents(stop_report: gradviz.Report) -> None:
     for info in stop_report.layers:
         assert f"<td>{info.name}</td>" in page
     assert 'class="sortable"' in page and "<script>" in page
-    assert "blocked-path" in page and EXPLANATIONS["blocked-path"][1] in page  # what to try
+    assert "blocked-path" in page and explanation("blocked-path")[1] in page  # what to try
     assert "Layers with weights: 4 exclusive." in page
 
 
@@ -81,4 +82,4 @@ def test_every_finding_kind_has_an_explanation() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("### Findings", 1)[1].split("##", 1)[0]
     kinds = re.findall(r"^\| `([a-z-]+)` \|", section, flags=re.M)
-    assert kinds and set(kinds) <= set(EXPLANATIONS)
+    assert kinds and set(kinds) <= set(REGISTRY)

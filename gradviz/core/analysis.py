@@ -1,7 +1,7 @@
 """Join gradient statistics with the model graph: reach, status, shares, findings.
 
 Pure Python and NumPy (no TensorFlow): every figure here is derived from the
-per-variable Gram matrices of :class:`gradviz.backends.tensorflow.gradient_pass.GradientStats`, so the
+per-variable Gram matrices of :class:`gradviz.core.stats.GradientStats`, so the
 same code answers "what happens under other loss weights" without recomputing
 gradients.
 
@@ -15,21 +15,21 @@ Definitions (documented in the README):
   Shares add up to 1; a loss pulling against the others has a negative share.
 * ``cosine[i, j]``: ``<g_i, g_j> / (|g_i| |g_j|)``; a pair conflicts below 0 (PCGrad).
 * ``magnitude_similarity[i, j]``: ``2 |g_i| |g_j| / (|g_i|^2 + |g_j|^2)``.
+
+The findings come from the registry in :mod:`gradviz.core.findings`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import networkx as nx
 import numpy as np
 
+from gradviz.core.findings import Evidence, Thresholds, find_all, sort_findings
 from gradviz.core.graph import Topology
 from gradviz.core.palette import loss_colors
 from gradviz.core.report import (
-    SEVERITIES,
     Finding,
     LayerInfo,
     LossInfo,
@@ -47,36 +47,6 @@ from gradviz.core.stats import (
     shares,
     sqrt_nonneg,
 )
-
-#: a trunk cosine below minus this is a clear conflict (a warning); between it and 0, info
-CLEAR_CONFLICT = 0.1
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """When a figure becomes a finding.
-
-    Attributes:
-        vanishing: a loss whose weighted gradient on the trunk is below this
-            fraction of the largest other loss's is ``vanishing``.
-        dominated: a loss whose weighted gradient energy on the trunk, ``(w_k |g_k|)^2``, is at
-            least this fraction of all losses' added up is ``dominated``.
-    """
-
-    vanishing: float = 1e-3
-    dominated: float = 0.95
-
-
-def conflicting_layers(layers: Iterable[LayerInfo], losses: tuple[str, str]) -> list[str]:
-    """The shared layers where the two losses' gradients have a negative cosine, in the given order."""
-    return [
-        info.name for info in layers if info.status == "shared"
-        for p in info.pairs if p.losses == losses and p.cosine < 0
-    ]
-
-
-# -- figures from Gram matrices ----------------------------------------------
-
 
 # -- the analysis -------------------------------------------------------------
 
@@ -143,7 +113,9 @@ def analyze_stats(
         for k, n in enumerate(names)
     ]
     analysed = _annotated_graph(topology, layers, losses)
-    findings = _findings(topology, stats, spec, layers, trunk, names, weights, output_losses, analysed, thresholds)
+    found = find_all(Evidence(topology, stats, spec, layers, trunk, analysed, thresholds))
+    _mark_blocked(analysed, found)
+    findings = sort_findings(found)
     edges = sorted(analysed.edges, key=lambda e: (analysed.nodes[e[0]]["order"], analysed.nodes[e[1]]["order"], e))
     return Report(
         model_name=model_name,
@@ -241,6 +213,19 @@ def _annotated_graph(topology: Topology, layers: list[LayerInfo], losses: list[L
     return graph
 
 
+def _mark_blocked(graph: nx.DiGraph, findings: list[Finding]) -> None:
+    """Mark on the report's graph where each blocked path is cut (the diagram draws it).
+
+    ``blocks_for`` on a blocking node and ``blocked_for`` on the edges into it list the losses
+    whose gradient stops there.
+    """
+    for finding in findings:
+        for blocker in finding.blockers:
+            for pred in graph.predecessors(blocker):
+                graph.edges[pred, blocker].setdefault("blocked_for", []).append(finding.losses[0])
+            graph.nodes[blocker].setdefault("blocks_for", []).append(finding.losses[0])
+
+
 def group_info(report: Report, name: str, members: Sequence[str]) -> LayerInfo:
     """The figures of several layers taken as one (all their trainable variables as one vector).
 
@@ -273,242 +258,5 @@ def group_info(report: Report, name: str, members: Sequence[str]) -> LayerInfo:
 
 
 # -- findings -------------------------------------------------------------------
-
-
-def _findings(
-    topology: Topology,
-    stats: GradientStats,
-    spec: LossSpec,
-    layers: list[LayerInfo],
-    trunk: LayerInfo | None,
-    names: list[str],
-    weights: np.ndarray,
-    output_losses: list[int],
-    graph: nx.DiGraph,
-    thresholds: Thresholds,
-) -> list[Finding]:
-    found: list[Finding] = []
-    trainable = [info for info in layers if info.trainable_params > 0]
-    dead_heads: set[str] = set()
-
-    for note in spec.notes:
-        found.append(Finding("keras-weight-order", "warning", note, spec.names, ()))
-    for output in spec.unlossed_outputs:
-        found.append(Finding(
-            "no-loss-output", "warning",
-            f"output '{output}' has no loss: nothing trains the layers only it uses",
-            (), (topology.outputs.get(output, output),),
-        ))
-    for term in spec.terms:
-        if term.weight == 0:
-            found.append(Finding(
-                "zero-weight", "warning",
-                f"loss '{term.name}' has weight 0: it is computed but trains nothing",
-                (term.name,), (),
-            ))
-
-    # nan-gradient: non-finite loss values or gradients
-    for k, name in enumerate(names):
-        bad_vars = [v for v in range(len(topology.variables)) if stats.exists[v, k] and not stats.finite[v, k]]
-        value_bad = not math.isfinite(float(stats.loss_values[k]))
-        if not bad_vars and not value_bad:
-            continue
-        bad_layers = _ordered({topology.variables[v].layer for v in bad_vars}, graph, reverse=True)
-        where = f"; non-finite gradients start at layer '{bad_layers[0]}' (closest to the output)" if bad_layers else ""
-        if len(bad_layers) > 1:  # how far back toward the inputs they propagate
-            where += f" and reach back to '{bad_layers[-1]}'"
-        value_text = f"its value is {float(stats.loss_values[k])}" if value_bad else "its value is finite"
-        found.append(Finding(
-            "nan-gradient", "error",
-            f"loss '{name}': {value_text}{where}; {len(bad_layers)} layer(s) get NaN/Inf gradients",
-            (name,), tuple(bad_layers),
-        ))
-
-    # dead heads: a loss whose gradient is zero (or absent) on every weight
-    for k in output_losses:
-        name = names[k]
-        exists_any = bool(stats.exists[:, k].any())
-        nonzero = bool((stats.exists[:, k] & (stats.max_abs[:, k] > 0)).any())
-        if nonzero or not stats.finite[:, k].all():
-            continue
-        dead_heads.add(name)
-        why = (
-            "its gradient exists but is exactly zero on every weight (saturated or dead activations, "
-            "a constant output, or targets the loss cannot use)"
-            if exists_any
-            else "no gradient reaches any weight: every path from it to a weight is blocked"
-        )
-        found.append(Finding("dead-head", "error", f"loss '{name}' trains nothing: {why}", (name,), ()))
-
-    # blocked paths: a layer feeds an output, but the output's loss has no gradient there
-    for k in output_losses:
-        name = names[k]
-        term = next(t for t in spec.terms if t.name == name)
-        out_node = topology.outputs.get(term.output or "")
-        if not out_node or not topology.complete:
-            continue
-        upstream = nx.ancestors(graph, out_node) | {out_node}
-        blocked = [
-            info.name for info in trainable
-            if info.name in upstream and info.grad_norm.get(name) is None
-        ]
-        groups: dict[tuple[str, ...], list[str]] = {}
-        for layer in blocked:
-            groups.setdefault(_first_blockers(graph, layer, out_node), []).append(layer)
-        for blockers, group in sorted(groups.items()):
-            group = _ordered(group, graph)
-            if blockers:
-                where = " and ".join(f"{b} ({graph.nodes[b]['class_name']})" for b in blockers)
-                message = (
-                    f"loss '{name}': gradient blocked at {where}; layer(s) {', '.join(group)} feed "
-                    f"output '{term.output}' but get no gradient from its loss"
-                )
-                for b in blockers:
-                    for pred in graph.predecessors(b):
-                        graph.edges[pred, b].setdefault("blocked_for", []).append(name)
-                    graph.nodes[b].setdefault("blocks_for", []).append(name)
-            else:
-                message = (
-                    f"loss '{name}': layer(s) {', '.join(group)} feed output '{term.output}' but get no "
-                    "gradient from its loss, and no known gradient-blocking operation lies between them "
-                    "(a custom layer or a non-differentiable op cuts the path)"
-                )
-            found.append(Finding("blocked-path", "error", message, (name,), tuple(group) + tuple(blockers)))
-
-    # unreached layers: trainable weights that no loss reaches
-    unreached = [info for info in trainable if info.status == "unreached"]
-    if unreached:
-        reg = [names.index(n) for n in names if n not in [names[k] for k in output_losses]]
-        no_grad = []
-        reg_only = []
-        for info in unreached:
-            ids = [v for v, var in enumerate(topology.variables) if var.layer == info.name]
-            if reg and stats.exists[np.ix_(ids, reg)].any():
-                reg_only.append(info.name)
-            else:
-                no_grad.append(info.name)
-        parts = []
-        if no_grad:
-            parts.append(f"{', '.join(no_grad)} get no gradient at all (Keras warns 'Gradients do not exist' for their variables)")
-        if reg_only:
-            parts.append(f"{', '.join(reg_only)} get only the regularization gradient (weight decay, no learning)")
-        found.append(Finding(
-            "unreached-layer", "warning",
-            f"{len(unreached)} layer(s) with trainable weights are reached by no loss: " + "; ".join(parts),
-            (), tuple(info.name for info in unreached),
-        ))
-
-    # dead layers: a loss's gradient exists there but is exactly zero
-    for k in output_losses:
-        name = names[k]
-        if name in dead_heads:
-            continue
-        dead = [
-            info.name for info in trainable
-            if info.grad_norm.get(name) is not None and name not in info.reached_by
-            and all(math.isfinite(x) for x in [info.grad_norm[name] or 0.0])
-        ]
-        if dead:
-            found.append(Finding(
-                "dead-layer", "warning",
-                f"loss '{name}': gradient exists but is exactly zero on {', '.join(dead)} "
-                "(dead ReLUs, saturated activations, zero inputs, or a zero-gradient op such as sign)",
-                (name,), tuple(dead),
-            ))
-
-    # trunk balance: vanishing, dominated, conflict
-    if trunk is not None:
-        reaching = [k for k in output_losses if names[k] in trunk.reached_by and weights[k] > 0]
-        weighted = {k: weights[k] * (trunk.grad_norm.get(names[k]) or 0.0) for k in reaching}
-        if len(reaching) >= 2:
-            for k in reaching:
-                others = max(weighted[j] for j in reaching if j != k)
-                if others > 0 and weighted[k] < thresholds.vanishing * others:
-                    top = max((j for j in reaching if j != k), key=lambda j: weighted[j])
-                    found.append(Finding(
-                        "vanishing", "warning",
-                        f"loss '{names[k]}': its weighted gradient on the shared trunk ({weighted[k]:.3g}) is "
-                        f"{others / weighted[k] if weighted[k] > 0 else float('inf'):.3g}x smaller than "
-                        f"'{names[top]}''s ({others:.3g}); it barely trains the trunk",
-                        (names[k], names[top]), (),
-                    ))
-            # Judged on each loss's part of the weighted gradient energy, w_k^2 |g_k|^2 / sum_j w_j^2 |g_j|^2:
-            # its share if the gradients were orthogonal, and unlike the share it stays within [0, 1]
-            # when losses conflict (a loss pulling against the winner pushes the winner's share past 100%).
-            total = sum(w * w for w in weighted.values())
-            for k in reaching:
-                magnitude = weighted[k] ** 2 / total if total > 0 else 0.0
-                if magnitude >= thresholds.dominated:
-                    drowned = [names[j] for j in reaching if j != k]
-                    found.append(Finding(
-                        "dominated", "warning",
-                        f"loss '{names[k]}' makes up {magnitude:.1%} of the weighted gradient energy on the "
-                        f"shared trunk; {', '.join(drowned)} {'barely shapes' if len(drowned) == 1 else 'barely shape'} it",
-                        (names[k], *drowned), (),
-                    ))
-        for pair in trunk.pairs:
-            conflicting = conflicting_layers(layers, pair.losses)
-            if not conflicting and not pair.cosine < 0:
-                continue
-            # Near-orthogonal gradients (random init) dip below 0 by noise: warn only for a clear conflict.
-            severity = "warning" if pair.cosine < -CLEAR_CONFLICT else "info"
-            found.append(Finding(
-                "conflict", severity,
-                f"losses '{pair.losses[0]}' and '{pair.losses[1]}' pull the shared trunk in "
-                f"{_conflict_words(pair.cosine)} directions (trunk cosine {pair.cosine:.3f}; "
-                f"negative on {len(conflicting)} shared layer(s){': ' + ', '.join(conflicting[:8]) if conflicting else ''}"
-                f"{' ...' if len(conflicting) > 8 else ''})",
-                pair.losses, tuple(conflicting),
-            ))
-
-    # a squashing activation feeding another trainable layer: a head chained behind another?
-    for info in trainable:
-        activation = graph.nodes[info.name].get("activation")
-        if activation not in ("softmax", "sigmoid"):
-            continue
-        downstream = [n for n in graph.successors(info.name) if graph.nodes[n].get("trainable_params", 0) > 0]
-        if downstream:
-            found.append(Finding(
-                "chained-head", "info",
-                f"layer '{info.name}' ends in {activation} but feeds '{downstream[0]}': an output head chained "
-                "behind another? (a Sequential model has one output; use the functional API for two heads)",
-                (), (info.name, downstream[0]),
-            ))
-    half = sorted(n for n in graph if graph.nodes[n].get("compute_dtype") in ("float16", "bfloat16")
-                  and graph.nodes[n].get("trainable_params", 0) > 0)
-    if half:
-        found.append(Finding(
-            "mixed-precision", "info",
-            f"{len(half)} layer(s) compute in float16/bfloat16; gradviz differentiates the unscaled loss, so "
-            "gradients below float16's range can show as 0 (dead) where Keras's LossScaleOptimizer would scale them",
-            (), tuple(_ordered(half, graph)),
-        ))
-    if not topology.complete:
-        found.append(Finding(
-            "incomplete-graph", "info",
-            "part of the model is subclassed Python code: its layers are listed, but paths through it are unknown",
-        ))
-    severity_rank = {s: i for i, s in enumerate(SEVERITIES)}
-    return sorted(found, key=lambda f: (-severity_rank[f.severity], f.kind, f.message))
-
-
-def _conflict_words(trunk_cosine: float) -> str:
-    if trunk_cosine < -CLEAR_CONFLICT:
-        return "opposing"
-    if trunk_cosine < 0:
-        return "nearly orthogonal, slightly opposing"
-    return "aligned overall but, on some layers, opposing"
-
-
-def _ordered(nodes: Iterable[str], graph: nx.DiGraph, reverse: bool = False) -> list[str]:
-    return sorted(nodes, key=lambda n: graph.nodes[n]["order"], reverse=reverse)
-
-
-def _first_blockers(graph: nx.DiGraph, layer: str, output: str) -> tuple[str, ...]:
-    """The gradient-blocking nodes on paths from ``layer`` to ``output`` that the gradient meets first."""
-    between = (nx.descendants(graph, layer) & nx.ancestors(graph, output)) | {output}
-    blockers = {n for n in between if graph.nodes[n].get("blocks_gradient")}
-    first = {b for b in blockers if not (nx.descendants(graph, b) & blockers)}
-    return tuple(_ordered(first, graph))
 
 

@@ -87,13 +87,23 @@ class VariableInfo:
 
 @dataclass(frozen=True)
 class Finding:
-    """Something the user should know, with the losses and layers it concerns."""
+    """Something the user should know, with the losses and layers it concerns.
+
+    Attributes:
+        kind: the finding kind (see :data:`gradviz.core.findings.REGISTRY`).
+        severity: ``info``, ``warning`` or ``error``.
+        message: one line for the user.
+        losses: the losses it concerns.
+        layers: the layers it concerns.
+        blockers: for a blocked path, the operations where the gradient stops (also in ``layers``).
+    """
 
     kind: str
     severity: str
     message: str
     losses: tuple[str, ...] = ()
     layers: tuple[str, ...] = ()
+    blockers: tuple[str, ...] = ()
 
 
 

@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from gradviz.core.analysis import analyze_stats
+from gradviz.core.findings import Dominated, Vanishing, ZeroWeight
 from gradviz.core.report import (
     Finding,
     LayerInfo,
@@ -44,7 +45,7 @@ from gradviz.core.spec import parse_assignment, parse_weight
 from gradviz.errors import LossSpecError
 
 #: findings whose presence depends on the weights (conflict does not: cosines are of unweighted gradients)
-WEIGHT_FINDINGS = ("dominated", "vanishing", "zero-weight")
+WEIGHT_FINDINGS = (Dominated.kind, Vanishing.kind, ZeroWeight.kind)
 #: the most points one ``--sweep`` may ask for
 MAX_SWEEP_STEPS = 1000
 #: ``--reference`` value meaning all shared layers together

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from gradviz.core.analysis import group_info
+from gradviz.core.findings import DeadHead
 from gradviz.core.report import LayerInfo, Report, loss_node
 from gradviz.errors import GraphvizMissingError, OutputError
 from gradviz.output.text import fmt
@@ -498,7 +499,7 @@ def build_dot(report: Report, options: RenderOptions = RenderOptions()) -> str:
     """
     view = _view(report, options)
     colors = {l.name: l.color for l in report.losses}
-    dead_heads = {name for f in report.findings_of("dead-head") for name in f.losses}
+    dead_heads = {name for f in report.findings_of(DeadHead.kind) for name in f.losses}
     statuses = {b.info.status for b in view.boxes.values() if b.info is not None}
     shown = set(statuses)
     if any(view.blocked.values()):

@@ -13,93 +13,12 @@ import math
 import re
 from collections import Counter
 
+from gradviz.core.findings import explanation
 from gradviz.core.report import STATUSES, Finding, LayerInfo, Report
 from gradviz.errors import GraphvizMissingError
 from gradviz.output.diagram import RenderOptions, build_dot, render
 from gradviz.output.text import fmt
 
-#: per finding kind: (what it means, what to try)
-EXPLANATIONS: dict[str, tuple[str, str]] = {
-    "dead-head": (
-        "This loss contributes nothing to training: every weight gets a zero (or no) gradient from it.",
-        "Check the head's activation (a ReLU stuck at 0, a saturated sigmoid or softmax), its bias "
-        "initialisation, and whether the targets suit the loss; look for a stop_gradient, argmax or integer "
-        "cast between the head and the trunk.",
-    ),
-    "blocked-path": (
-        "Layers feed this output, but its loss's gradient cannot flow back to them through the named "
-        "operation, so the loss does not train them.",
-        "If unintended, remove ops.stop_gradient, replace argmax/round/integer casts with a differentiable "
-        "version (softmax, a straight-through estimator); if intended (a frozen feature extractor), ignore it.",
-    ),
-    "nan-gradient": (
-        "A loss value or gradient is NaN or infinite; training with it corrupts the weights.",
-        "Check the data for NaN/Inf, use from_logits=True instead of a log of a softmax/sigmoid, guard "
-        "log/sqrt/division against zero in custom losses, and clip extreme inputs.",
-    ),
-    "unreached-layer": (
-        "These layers have trainable weights that no loss trains: they keep their initial values.",
-        "Connect the layer to an output with a loss, give its output a loss, set trainable=False if it is "
-        "meant to be frozen, or remove it.",
-    ),
-    "dead-layer": (
-        "The loss's gradient reaches the layer but is exactly zero there, typically dead ReLUs.",
-        "Try LeakyReLU or GELU, He initialisation, normalised inputs or BatchNormalization, and a smaller "
-        "learning rate; re-run with real data (--data) to confirm.",
-    ),
-    "vanishing": (
-        "On the shared trunk, this loss's weighted gradient is tiny next to another's: it barely shapes the "
-        "shared features.",
-        "Raise its loss weight (try --loss-weight OUTPUT=W to see the effect without retraining), normalise "
-        "the losses' scales, or use adaptive weighting (GradNorm, uncertainty weighting). Synthetic targets have "
-        "unit scale: check with real data.",
-    ),
-    "dominated": (
-        "One loss provides almost all of the shared trunk's gradient; the others hardly influence it.",
-        "Lower the dominant loss's weight or raise the others' (--loss-weight shows the effect), or normalise "
-        "the loss scales.",
-    ),
-    "conflict": (
-        "Two losses pull the shared trunk in opposing directions (negative cosine of their gradients), so "
-        "part of each update cancels out.",
-        "Slight negative cosines at random initialisation are noise: re-check on a trained model with real "
-        "data. For a real conflict, re-weight the losses, give each head more private layers, or use gradient "
-        "surgery (PCGrad).",
-    ),
-    "no-loss-output": (
-        "An output has no loss: the layers only it uses are never trained.",
-        "Give the output a loss (--loss OUTPUT=LOSS to try), or remove it from the model's outputs.",
-    ),
-    "zero-weight": (
-        "A loss with weight 0 is computed but trains nothing.",
-        "Give it a nonzero weight, or drop it from compile() if it is only a metric.",
-    ),
-    "chained-head": (
-        "A layer that ends in sigmoid/softmax feeds another trainable layer: a second head chained behind the "
-        "first, so the first head's output is squashed features, not a prediction with its own loss.",
-        "Build the model with the functional API and branch both heads from the trunk.",
-    ),
-    "incomplete-graph": (
-        "Part of the model is subclassed Python code: per-layer figures are exact, but paths through it are "
-        "unknown, so blocked paths cannot be located there.",
-        "Build that part with the functional API to get the full graph.",
-    ),
-    "keras-weight-order": (
-        "The model was compiled with a list of losses and a dict of loss weights. Keras cannot match them by "
-        "name: it takes the dict's values in sorted-key order and gives them to the outputs by position, so "
-        "an output may train with another output's weight. gradviz reports the weights Keras really uses.",
-        "Compile with loss and loss_weights of the same form: both dicts keyed by output name, or both lists "
-        "in output order.",
-    ),
-    "mixed-precision": (
-        "These layers compute in float16. gradviz differentiates the loss as it is, without the loss scaling "
-        "Keras's LossScaleOptimizer applies in training, so gradients smaller than float16 can represent "
-        "show as 0 here even though training would see them.",
-        "Treat zero or dead figures on these layers with suspicion; inspect a float32 copy of the model "
-        "(keras.mixed_precision.set_global_policy('float32') before building) for exact figures.",
-    ),
-}
-GENERIC = ("See the message for details.", "")
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
@@ -239,7 +158,7 @@ def _shares(info: LayerInfo) -> str:
 
 
 def _finding(finding: Finding) -> str:
-    meaning, advice = EXPLANATIONS.get(finding.kind, GENERIC)
+    meaning, advice = explanation(finding.kind)
     parts = [
         f'<div class="finding {_e(finding.severity)}">',
         f'<span class="severity">{_e(finding.severity)}</span> <span class="kind">{_e(finding.kind)}</span>',

@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradviz import output
-from gradviz.core.analysis import conflicting_layers
+from gradviz.core.findings import conflicting_layers
 from gradviz.core.weighting import CURRENT, TRUNK, Scenario, WhatIf
 from gradviz.errors import OutputError
 from gradviz.output.diagram import RenderOptions

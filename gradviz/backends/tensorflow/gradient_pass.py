@@ -79,8 +79,6 @@ class GradientPass:
         mode: str = MEAN_GRADIENT,
         lockstep: bool = True,
     ) -> None:
-        import tensorflow as tf
-
         if mode not in BATCH_MODES:
             raise DataError(f"unknown batch mode {mode!r}; valid: {', '.join(BATCH_MODES)}")
         self.model = model
