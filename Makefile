@@ -32,7 +32,9 @@ demo: setup
 	$(VENV)/bin/gradviz inspect samples/stop_gradient_head.keras -o demo/stop_gradient_head.svg -o demo/stop_gradient_head.html
 	@echo "demo reports and diagrams written to demo/ (open demo/shared_trunk.html)" >&2
 
+# mypy first (a minute), then the suite; both run in CI through .ci/run.
 test: setup
+	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
