@@ -66,7 +66,8 @@ def analyze(
             None makes seeded synthetic data.
         batch_size: rows per batch.
         batches: number of batches; statistics describe their mean gradient.
-        seed: seed of the synthetic data.
+        seed: seed of the synthetic data and of the random layers (Dropout, noise, augmentation,
+            custom layers with a ``SeedGenerator``), whose state gradviz draws from it.
         training: call the model in training mode (dropout, batch statistics).
         batch_mode: ``mean-gradient`` (default) or ``per-batch``.
         custom_objects: a Python file defining custom layers and losses.
@@ -112,7 +113,7 @@ def analyze(
     with timer.stage("gradients"):
         stats = gradients.compute(
             keras_model, spec.output_terms, dataset, outputs, training=training, mode=batch_mode,
-            custom_objects=loaded.custom_objects, progress=progress,
+            custom_objects=loaded.custom_objects, progress=progress, seed=seed,
         )
     if stats.has_regularization:
         spec = replace(
@@ -128,6 +129,9 @@ def analyze(
     timer.seconds["total"] = time.perf_counter() - start
     import keras
 
+    from gradviz.randomness import find_random_state
+
+    random_layers = list(find_random_state(keras_model).layers)
     report.timings = dict(timer.seconds)
     report.meta = {
         "source": loaded.source,
@@ -135,9 +139,11 @@ def analyze(
         "batch_size": batch_size,
         "batches": batches,
         "batch_mode": batch_mode,
-        "seed": seed if data is None else None,
+        # the seed drew the synthetic data and the random layers' state: null when it drew neither
+        "seed": seed if data is None or random_layers else None,
         "data": str(data) if data is not None else "synthetic",
         "training": training,
+        "random_layers": random_layers,
         "graph_complete": topo.complete,
     }
     return report

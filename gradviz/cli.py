@@ -71,7 +71,7 @@ def analysis_options(command: F) -> F:
                      show_default=True,
                      help="mean-gradient: figures of the gradient averaged over batches (one float32 copy of "
                           "the weights per loss); per-batch: average of per-batch figures (no extra memory)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic data."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic data and of random layers (Dropout, noise, augmentation)."),
         click.option("--inference", is_flag=True,
                      help="Call the model with training=False (no dropout, BatchNorm moving statistics)."),
         click.option("--custom-objects", type=click.Path(dir_okay=False), metavar="FILE.py",

@@ -26,6 +26,7 @@ import numpy as np
 
 from gradviz.data import Data
 from gradviz.errors import DataError, LossSpecError
+from gradviz.randomness import GlobalSeedGenerator, find_random_state, seeded_state
 from gradviz.spec import LossTerm, regularization_name, resolve_loss
 from gradviz.topology import output_tensors
 
@@ -93,6 +94,7 @@ def compute(
     mode: str = MEAN_GRADIENT,
     custom_objects: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    seed: int | None = None,
 ) -> GradientStats:
     """Compute per-loss gradient statistics over ``data``.
 
@@ -107,6 +109,7 @@ def compute(
         mode: ``mean-gradient`` or ``per-batch`` (see module constants).
         custom_objects: names for custom losses.
         progress: called with ``(batches done, batches)``.
+        seed: the seed random layers draw from (see :meth:`GradientPass.run`).
 
     Raises:
         LossSpecError: a loss cannot be resolved or fails on the model's outputs.
@@ -115,7 +118,7 @@ def compute(
     gradient_pass = GradientPass(
         model, terms, data, output_names, training=training, mode=mode, custom_objects=custom_objects
     )
-    return gradient_pass.run(data, progress=progress)
+    return gradient_pass.run(data, progress=progress, seed=seed)
 
 
 class GradientPass:
@@ -176,6 +179,10 @@ class GradientPass:
         self.variables = variables
         layer_keys = [_layer_key(v) for v in variables]
         self.state_variables = list(model.non_trainable_variables)
+        #: the seed-generator states among them, and the layers holding them
+        self.random_state = find_random_state(model)
+        #: stands in for Keras's global SeedGenerator (unseeded keras.random calls) while the model runs
+        self.global_seed = GlobalSeedGenerator()
         terms_ = self.terms
         structure: dict[str, Any] = {}
         self.structure = structure
@@ -364,11 +371,12 @@ class GradientPass:
         flat = tf.nest.flatten(args)
         key = (id(fn),) + tuple((tuple(t.shape), t.dtype) for t in flat)
         concrete = self._concrete.get(key)
-        if concrete is None:
-            result = fn(*args)  # traces if needed; counted by tracing_count()
-            self._concrete[key] = fn.get_concrete_function(*args)
-            return result
-        return concrete(*args)
+        with self.global_seed.active():
+            if concrete is None:
+                result = fn(*args)  # traces if needed; counted by tracing_count()
+                self._concrete[key] = fn.get_concrete_function(*args)
+                return result
+            return concrete(*args)
 
     def _run_step_stats(self, x: list[Any], y: dict[str, Any], state: list[Any]) -> Any:
         """One batch through ``step_stats``; without lockstep if the runtime finds its edges in a cycle."""
@@ -385,12 +393,15 @@ class GradientPass:
         self.step_stats = self._make_step_stats(False)
         return self._call(self.step_stats, x, y, state)
 
-    def run(self, data: Data, progress: Progress | None = None) -> GradientStats:
+    def run(self, data: Data, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
         """Stream ``data`` through the compiled pass and reduce it to statistics.
 
         Args:
             data: the batches (shaped like the data the pass was built with).
             progress: called with ``(batches done, batches)``.
+            seed: the random layers' (Dropout, noise, ...) seed-generator states start from values
+                derived from it (:func:`gradviz.randomness.seeded_state`), so one seed gives one
+                set of masks in every process; None starts them from the model's own state.
 
         Raises:
             LossSpecError: a loss fails on the model's outputs.
@@ -398,7 +409,11 @@ class GradientPass:
         """
         import tensorflow as tf
 
-        state = [tf.convert_to_tensor(v) for v in self.state_variables]
+        if seed is None:
+            state = [tf.convert_to_tensor(v) for v in self.state_variables]
+        else:  # a loaded model's own seeds are drawn afresh on every load
+            state = seeded_state(self.state_variables, self.random_state, seed)
+        self.global_seed.reset(seed)
         accumulate = self.mode == MEAN_GRADIENT and data.batches > 1
         if accumulate and self._dirty:  # the sums of an earlier run (finished or not) are still there
             self._call(self.zero_accumulators)
