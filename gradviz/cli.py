@@ -20,6 +20,8 @@ from gradviz.errors import GradvizError
 F = TypeVar("F", bound=Callable[..., Any])
 
 FAIL_LEVELS = ("warning", "error")
+#: gradviz.output.formats(), spelled out so that --help imports no NumPy (a test keeps them equal)
+OUTPUT_FORMATS = ("dot", "graphml", "html", "json", "pdf", "png", "svg")
 
 
 def fail(message: str, exit_code: int = 1) -> NoReturn:
@@ -194,7 +196,9 @@ def main() -> None:
 @click.option("-o", "--output", "outputs", multiple=True, type=click.Path(), metavar="FILE",
               help="Write the report; the extension picks the format: .json, .html, .graphml, .dot, and "
                    ".svg/.png/.pdf (need Graphviz). Repeatable.")
-@click.option("--format", "fmt", default=None, metavar="FORMAT", help="Format of every -o file, overriding extensions.")
+@click.option("--format", "fmt", default=None, metavar="FORMAT",
+              help=f"Format of every -o file, overriding extensions: {', '.join(OUTPUT_FORMATS)} "
+                   "('.dot' alike). Needs -o.")
 @render_options
 @click.option("--all-layers", is_flag=True, help="List operations and weightless layers in the table too.")
 @click.option("--fail-on", type=click.Choice(FAIL_LEVELS), default=None,
@@ -218,6 +222,11 @@ def inspect(model: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None
     """
     from gradviz import output
     from gradviz.analysis import severity_at_least
+    if fmt is not None and not outputs:
+        from gradviz.errors import OutputError
+
+        raise OutputError(f"--format {fmt} sets the format of -o files, and no -o FILE was given; "
+                          f"add one, e.g. -o report.txt --format {fmt}")
     options = make_render_options(kwargs)
     formats = [output.prepare(path, fmt) for path in outputs]  # fail before the (slow) analysis
     _note_html_without_dot(formats)

@@ -71,11 +71,13 @@ def formats() -> list[str]:
 
 
 def format_of(path: str | Path, override: str | None = None) -> str:
-    """The format to write ``path`` in: ``override``, else the extension.
+    """The format to write ``path`` in: ``override`` (``dot`` or ``.dot`` alike), else the extension.
 
     Example:
         >>> format_of("out/report.JSON")
         'json'
+        >>> format_of("flow.txt", ".dot"), format_of("flow.txt", "DOT")
+        ('dot', 'dot')
 
     Raises:
         OutputError: the format is not known.
@@ -83,11 +85,13 @@ def format_of(path: str | Path, override: str | None = None) -> str:
     if not override and Path(path).is_dir():  # say so, rather than "unknown extension"
         raise OutputError(f"output path {path} is a directory; give a file name such as {Path(path) / 'report.json'}")
     suffix = Path(path).suffix
-    name = (override or suffix.lstrip(".")).lower()
+    name = (override.strip().removeprefix(".") if override else suffix.lstrip(".")).lower()
     if name not in formats():
         valid = ", ".join("." + f for f in formats())
         if override:
-            raise OutputError(f"unknown output format (--format {override!r}); valid: {valid}")
+            raise OutputError(
+                f"unknown output format (--format {override!r}); valid: {', '.join(formats())} (or {valid})"
+            )
         if not suffix:
             raise OutputError(f"output path {str(path)!r} has no extension to pick the format from; valid: {valid}")
         raise OutputError(f"unknown output format {suffix!r} (extension of {str(path)!r}); valid: {valid}")
