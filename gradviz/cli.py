@@ -154,7 +154,11 @@ def run_analysis(model: str, **kwargs: Any) -> Any:
 
 
 class _progress:
-    """A rich progress bar on stderr while batches stream (only for more than one batch)."""
+    """A rich progress bar on stderr while batches stream (only for more than one batch, on a terminal).
+
+    Without a terminal (a log file, a pipe, CI) there is no bar: rich would leave a blank
+    line where a transient bar was, before ``wrote ...`` or ``Error: ...``.
+    """
 
     def __init__(self, batches: int) -> None:
         self.batches = batches
@@ -166,8 +170,11 @@ class _progress:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            return None
         self.bar = Progress(TextColumn("gradients"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=Console(stderr=True), transient=True)
+                            console=console, transient=True)
         self.bar.start()
         task = self.bar.add_task("gradients", total=self.batches)
         return lambda done, total: self.bar.update(task, completed=done)
