@@ -31,6 +31,7 @@ from gradviz.gradients import GradientStats
 from gradviz.palette import loss_colors
 from gradviz.spec import LossSpec
 from gradviz.topology import Topology
+from gradviz.wording import noun, plural, verb
 
 SEVERITIES = ("info", "warning", "error")
 STATUSES = ("shared", "exclusive", "dead", "unreached", "no-trainable-weights")
@@ -565,7 +566,8 @@ def _findings(
         value_text = f"its value is {float(stats.loss_values[k])}" if value_bad else "its value is finite"
         found.append(Finding(
             "nan-gradient", "error",
-            f"loss '{name}': {value_text}{where}; {len(bad_layers)} layer(s) get NaN/Inf gradients",
+            f"loss '{name}': {value_text}{where}; {plural(len(bad_layers), 'layer')} "
+            f"{verb(bad_layers, 'gets', 'get')} NaN/Inf gradients",
             (name,), tuple(bad_layers),
         ))
 
@@ -605,8 +607,9 @@ def _findings(
             if blockers:
                 where = " and ".join(f"{b} ({graph.nodes[b]['class_name']})" for b in blockers)
                 message = (
-                    f"loss '{name}': gradient blocked at {where}; layer(s) {', '.join(group)} feed "
-                    f"output '{term.output}' but get no gradient from its loss"
+                    f"loss '{name}': gradient blocked at {where}; {noun(len(group), 'layer')} {', '.join(group)} "
+                    f"{verb(group, 'feeds', 'feed')} output '{term.output}' but {verb(group, 'gets', 'get')} no "
+                    "gradient from its loss"
                 )
                 for b in blockers:
                     for pred in graph.predecessors(b):
@@ -614,8 +617,9 @@ def _findings(
                     graph.nodes[b].setdefault("blocks_for", []).append(name)
             else:
                 message = (
-                    f"loss '{name}': layer(s) {', '.join(group)} feed output '{term.output}' but get no "
-                    "gradient from its loss, and no known gradient-blocking operation lies between them "
+                    f"loss '{name}': {noun(len(group), 'layer')} {', '.join(group)} {verb(group, 'feeds', 'feed')} "
+                    f"output '{term.output}' but {verb(group, 'gets', 'get')} no gradient from its loss, and no "
+                    "known gradient-blocking operation lies between them "
                     "(a custom layer or a non-differentiable op cuts the path)"
                 )
             found.append(Finding("blocked-path", "error", message, (name,), tuple(group) + tuple(blockers)))
@@ -634,12 +638,15 @@ def _findings(
                 no_grad.append(info.name)
         parts = []
         if no_grad:
-            parts.append(f"{', '.join(no_grad)} get no gradient at all (Keras warns 'Gradients do not exist' for their variables)")
+            parts.append(f"{', '.join(no_grad)} {verb(no_grad, 'gets', 'get')} no gradient at all "
+                         f"(Keras warns 'Gradients do not exist' for {verb(no_grad, 'its', 'their')} variables)")
         if reg_only:
-            parts.append(f"{', '.join(reg_only)} get only the regularization gradient (weight decay, no learning)")
+            parts.append(f"{', '.join(reg_only)} {verb(reg_only, 'gets', 'get')} only the regularization gradient "
+                         "(weight decay, no learning)")
         found.append(Finding(
             "unreached-layer", "warning",
-            f"{len(unreached)} layer(s) with trainable weights are reached by no loss: " + "; ".join(parts),
+            f"{plural(len(unreached), 'layer')} with trainable weights {verb(unreached, 'is', 'are')} reached by "
+            "no loss: " + "; ".join(parts),
             (), tuple(info.name for info in unreached),
         ))
 
@@ -674,7 +681,7 @@ def _findings(
                         "vanishing", "warning",
                         f"loss '{names[k]}': its weighted gradient on the shared trunk ({weighted[k]:.3g}) is "
                         f"{others / weighted[k] if weighted[k] > 0 else float('inf'):.3g}x smaller than "
-                        f"'{names[top]}''s ({others:.3g}); it barely trains the trunk",
+                        f"that of '{names[top]}' ({others:.3g}); it barely trains the trunk",
                         (names[k], names[top]), (),
                     ))
             # Judged on each loss's part of the weighted gradient energy, w_k^2 |g_k|^2 / sum_j w_j^2 |g_j|^2:
@@ -699,9 +706,9 @@ def _findings(
             severity = "warning" if pair.cosine < -CLEAR_CONFLICT else "info"
             found.append(Finding(
                 "conflict", severity,
-                f"losses '{pair.losses[0]}' and '{pair.losses[1]}' pull the shared trunk in "
-                f"{_conflict_words(pair.cosine)} directions (trunk cosine {pair.cosine:.3f}; "
-                f"negative on {len(conflicting)} shared layer(s){': ' + ', '.join(conflicting[:8]) if conflicting else ''}"
+                f"losses '{pair.losses[0]}' and '{pair.losses[1]}' pull the shared trunk "
+                f"{_conflict_words(pair.cosine)} (trunk cosine {pair.cosine:.3f}; negative on "
+                f"{plural(len(conflicting), 'shared layer')}{': ' + ', '.join(conflicting[:8]) if conflicting else ''}"
                 f"{' ...' if len(conflicting) > 8 else ''})",
                 pair.losses, tuple(conflicting),
             ))
@@ -724,7 +731,8 @@ def _findings(
     if half:
         found.append(Finding(
             "mixed-precision", "info",
-            f"{len(half)} layer(s) compute in float16/bfloat16; gradviz differentiates the unscaled loss, so "
+            f"{plural(len(half), 'layer')} {verb(half, 'computes', 'compute')} in float16/bfloat16; gradviz "
+            "differentiates the unscaled loss, so "
             "gradients below float16's range can show as 0 (dead) where Keras's LossScaleOptimizer would scale them",
             (), tuple(_ordered(half, graph)),
         ))
@@ -738,11 +746,17 @@ def _findings(
 
 
 def _conflict_words(trunk_cosine: float) -> str:
+    """How two losses pull the trunk, as the words after "pull the shared trunk".
+
+    Example:
+        >>> _conflict_words(-0.5), _conflict_words(0.3)
+        ('in opposing directions', 'in aligned directions overall, but in opposing ones on some layers')
+    """
     if trunk_cosine < -CLEAR_CONFLICT:
-        return "opposing"
+        return "in opposing directions"
     if trunk_cosine < 0:
-        return "nearly orthogonal, slightly opposing"
-    return "aligned overall but, on some layers, opposing"
+        return "in nearly orthogonal, slightly opposing directions"
+    return "in aligned directions overall, but in opposing ones on some layers"
 
 
 def _ordered(nodes: Iterable[str], graph: nx.DiGraph, reverse: bool = False) -> list[str]:

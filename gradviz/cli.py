@@ -255,7 +255,7 @@ def inspect(model: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None
         click.echo(summary(report, all_layers=all_layers, width=width, color=sys.stdout.isatty()), nl=False)
     if fail_on and severity_at_least(report.findings, fail_on):
         count = len(severity_at_least(report.findings, fail_on))
-        fail(f"{count} finding(s) of severity {fail_on} or worse (--fail-on {fail_on})")
+        fail(f"{count} {'finding' if count == 1 else 'findings'} of severity {fail_on} or worse (--fail-on {fail_on})")
 
 
 # -- gradviz weights (issue 4) ------------------------------------------------------------
