@@ -65,3 +65,27 @@ def test_readme_lists_the_meta_keys_of_a_real_report(build_sample: Any) -> None:
 
     report = gradviz.analyze(build_sample("shared_trunk"), batch_size=4)
     assert _readme_meta_keys() == list(report.meta)
+
+
+@pytest.mark.slow
+def test_readme_compact_box_count_is_the_benchmark_resnets() -> None:
+    """'A ResNet50 trunk with three heads (resnet50_3 ...) drops from N boxes to M' (loss boxes included)."""
+    import importlib.util
+
+    import gradviz
+    from gradviz.render import RenderOptions, build_dot
+
+    match = re.search(r"\(`resnet50_3` in `benchmarks/models.py`\) drops from (\d+) boxes to (\d+)", README.read_text())
+    assert match, "README no longer states the compact box count of resnet50_3"
+    spec = importlib.util.spec_from_file_location("gradviz_bench_models", ROOT / "benchmarks" / "models.py")
+    assert spec and spec.loader
+    models = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = models  # its dataclass looks its module up there
+    spec.loader.exec_module(models)
+    report = gradviz.analyze(models.resnet50_3(), batch_size=1)
+
+    def boxes(dot: str) -> int:
+        return len(re.findall(r'^\s+"[^"]+" \[', dot, flags=re.M))
+
+    assert (boxes(build_dot(report)), boxes(build_dot(report, RenderOptions(compact=True)))) == \
+        (int(match.group(1)), int(match.group(2)))
