@@ -179,7 +179,8 @@ class Session:
                 None makes seeded synthetic data.
             batch_size: rows per batch.
             batches: number of batches; statistics describe their mean gradient.
-            seed: seed of the synthetic data.
+            seed: seed of the synthetic data and of the random layers (Dropout, noise, augmentation,
+                custom layers with a ``SeedGenerator``), whose state gradviz draws from it.
             progress: called with ``(batches done, batches)``.
 
         Returns:
@@ -193,7 +194,7 @@ class Session:
         with timer.stage("data"):
             batches_data = self.data(data, batch_size=batch_size, batches=batches, seed=seed)
         with timer.stage("gradients"):
-            stats = self.backend.run(batches_data, progress=progress)
+            stats = self.backend.run(batches_data, progress=progress, seed=seed)
         spec = self.spec
         reg_name = regularization_name(self.outputs)
         if stats.has_regularization:
@@ -208,6 +209,9 @@ class Session:
             report = analyze_stats(self.topology, stats, spec, model_name=self.model.name, thresholds=self.thresholds)
         import keras
 
+        from gradviz.model.randomness import find_random_state
+
+        random_layers = list(find_random_state(self.model).layers)
         timings = dict(self._prepare_timings)
         for stage, seconds in timer.seconds.items():
             timings[stage] = timings.get(stage, 0.0) + seconds
@@ -220,9 +224,11 @@ class Session:
             "batch_size": batch_size,
             "batches": batches,
             "batch_mode": self.batch_mode,
-            "seed": seed if data is None else None,
+            # the seed drew the synthetic data and the random layers' state: null when it drew neither
+            "seed": seed if data is None or random_layers else None,
             "data": str(data) if data is not None else "synthetic",
             "training": self.training,
+            "random_layers": random_layers,
             "graph_complete": self.topology.complete,
             **self.backend.meta,
         }
@@ -342,7 +348,8 @@ def analyze(
             None makes seeded synthetic data.
         batch_size: rows per batch.
         batches: number of batches; statistics describe their mean gradient.
-        seed: seed of the synthetic data.
+        seed: seed of the synthetic data and of the random layers (Dropout, noise, augmentation,
+            custom layers with a ``SeedGenerator``), whose state gradviz draws from it.
         training: call the model in training mode (dropout, batch statistics).
         batch_mode: ``mean-gradient`` (default) or ``per-batch``.
         custom_objects: a Python file defining custom layers and losses.

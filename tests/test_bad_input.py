@@ -246,8 +246,8 @@ DATA_CASES: list[tuple[str, Callable[[], dict[str, Any]], tuple[str, ...]]] = [
     ("wrong-dtype", lambda: _with(x=np.full((4, 3), "a")), ("dtype <U1", "expected numbers")),
     ("scalar", lambda: _with(x=np.float32(1.0)), ("scalar",)),
     ("too-few-rows", lambda: _with(x=np.zeros((1, 3), "float32")), ("1 rows", "--batch-size 2")),
-    ("nan-in-inputs", _nan_x, ("'features' contains NaN or Inf",)),
-    ("inf-in-targets", _inf_y, ("'D' contains NaN or Inf",)),
+    ("nan-in-inputs", _nan_x, ("'x' has NaN at row 1 (1 of the 2 rows used)", "non-finite input data")),
+    ("inf-in-targets", _inf_y, ("'y:D' has Inf at row 0 (1 of the 2 rows used)",)),
 ]
 
 
@@ -341,7 +341,7 @@ def test_output_unknown_extension(cli: Any, files: dict[str, Path], tmp_path: Pa
 
 def test_unknown_format_option(cli: Any, files: dict[str, Path], tmp_path: Path) -> None:
     assert_one_error(cli("inspect", files["good"], "-o", tmp_path / "r.json", "--format", "yaml"),
-                     "--format 'yaml'", "valid: .dot, .graphml, .html, .json, .pdf, .png, .svg")
+                     "--format 'yaml'", "valid: dot, graphml, html, json, pdf, png, svg (or .dot, .graphml,")
 
 
 # -- usage errors are click's: exit 2 ------------------------------------------------------------------
@@ -382,7 +382,7 @@ def test_subprocess_bad_model_file(files: dict[str, Path], case: str) -> None:
 def test_subprocess_bad_data_and_output(files: dict[str, Path], tmp_path: Path) -> None:
     data = _npz(tmp_path / "batch.npz", **_nan_x())
     assert_one_error(rm.run_gradviz("inspect", files["good"], "--data", data, "--batch-size", "2"),
-                     "contains NaN or Inf")
+                     "'x' has NaN at row 1")
     assert_one_error(rm.run_gradviz("inspect", files["good"], "-o", tmp_path / "r.yaml"), "unknown output format")
 
 

@@ -72,7 +72,7 @@ def test_fail_on(cli: Any, sample_path: Any, sample: str, level: str, code: int)
     result = cli("inspect", sample_path(sample), "--fail-on", level, "--batch-size", "8")
     assert result.exit_code == code
     if code:
-        assert result.stderr.strip().splitlines()[-1].startswith(f"Error: 1 finding(s) of severity {level} or worse")
+        assert result.stderr.strip().splitlines()[-1].startswith(f"Error: 1 finding of severity {level} or worse")
 
 
 def test_errors_are_one_line(cli: Any, tmp_path: Path) -> None:

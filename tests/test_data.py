@@ -69,7 +69,7 @@ def test_npz_keys_plain_and_named(tmp_path: Path) -> None:
         ({"x": np.ones((4, 3))}, 2, r"no key 'y:out' or 'y' for 'out'; expected keys: x, y; keys found: x"),
         ({"x": np.ones((4, 2)), "y": np.ones((4, 2))}, 2, r"has shape \(4, 2\); 'x' expects \(rows, 3\)"),
         ({"x": np.ones((1, 3)), "y": np.ones((1, 2))}, 2, "has 1 rows, fewer than --batch-size 2"),
-        ({"x": np.full((4, 3), np.nan), "y": np.ones((4, 2))}, 2, "NaN or Inf"),
+        ({"x": np.full((4, 3), np.nan), "y": np.ones((4, 2))}, 2, r"'x' has NaN at rows 0, 1 \(2 of the 2 rows used\)"),
         ({"x": np.array([["a"] * 3] * 4), "y": np.ones((4, 2))}, 2, "dtype <U1; expected numbers"),
     ],
 )
@@ -94,3 +94,22 @@ def test_npz_targets_in_shapes_keras_accepts(tmp_path: Path, shape, kind, y):  #
     np.savez(tmp_path / "d.npz", x=np.ones((4, 3), "float32"), y=y)
     data = load_npz(tmp_path / "d.npz", [X], [TensorInfo("out", shape, "float32", kind=kind)], batch_size=4, batches=1)
     assert data.y["out"].shape == y.shape
+
+
+def test_non_finite_data_names_the_key_and_the_first_bad_rows(tmp_path: Path) -> None:
+    """Bad input data is refused (a NaN in the gradients is a finding; in the data it is an input error)."""
+    x = np.ones((64, 3), "float32")
+    x[[3, 17, 20, 21, 40, 41], 0] = np.nan
+    x[50, 2] = -np.inf
+    x[63, 1] = np.nan  # beyond the rows used: not what the gradients see
+    np.savez(tmp_path / "d.npz", **{"x:x": x, "y:out": np.zeros((64, 2), "float32")})
+    out = [TensorInfo("out", (None, 2), "float32")]
+    with pytest.raises(DataError) as caught:
+        load_npz(tmp_path / "d.npz", [X], out, batch_size=20, batches=3)
+    assert str(caught.value) == (
+        f"{tmp_path / 'd.npz'}: 'x:x' has NaN and Inf at rows 3, 17, 20, 21, 40, ... (7 of the 60 rows used); "
+        "fix or drop those rows (gradviz refuses non-finite input data)"
+    )
+    x[:60] = 1.0  # only the unused row is left
+    np.savez(tmp_path / "d.npz", **{"x:x": x, "y:out": np.zeros((64, 2), "float32")})
+    assert load_npz(tmp_path / "d.npz", [X], out, batch_size=20, batches=3).batches == 3

@@ -9,7 +9,7 @@ import networkx as nx
 
 import gradviz
 from gradviz.core.analysis import analyze_stats
-from gradviz.core.findings import REGISTRY, Check, Evidence, explanation, find_all, plural, register, sort_findings
+from gradviz.core.findings import REGISTRY, Check, Evidence, explanation, find_all, register, sort_findings
 from gradviz.core.report import SEVERITIES, Finding
 
 
@@ -35,10 +35,6 @@ def test_kinds_cannot_be_registered_twice() -> None:
 def test_unknown_kind_gets_a_generic_explanation() -> None:
     assert explanation("no-such-kind") == ("See the message for details.", "")
     assert explanation("conflict") == (REGISTRY["conflict"].meaning, REGISTRY["conflict"].advice)
-
-
-def test_plural() -> None:
-    assert (plural(1, "layer"), plural(0, "layer"), plural(2, "loss", "losses")) == ("1 layer", "0 layers", "2 losses")
 
 
 def test_sort_is_worst_first_then_kind_then_message() -> None:

@@ -127,7 +127,7 @@ def test_nan_model_through_the_cli(cli: Any, tmp_path: Path) -> None:
     failing = cli("inspect", path, "--batch-size", "4", "--fail-on", "error")
     assert failing.exit_code == 1
     assert "nan-gradient" in failing.stdout
-    assert failing.stderr.strip().splitlines()[-1].startswith("Error: 1 finding(s) of severity error")
+    assert failing.stderr.strip().splitlines()[-1].startswith("Error: 1 finding of severity error")
 
 
 @pytest.mark.parametrize("value, text", [(math.nan, "nan"), (math.inf, "inf"), (-math.inf, "-inf"), (1.5, 1.5)])

@@ -121,7 +121,7 @@ def test_custom_objects_resolve_an_unknown_class(cli: Any, tmp_path: Path) -> No
 
     object_registration.GLOBAL_CUSTOM_OBJECTS.pop("tests>Scale", None)
     object_registration.GLOBAL_CUSTOM_NAMES.pop(namespace["Scale"], None)
-    assert_one_error(cli("inspect", path, "--batch-size", "2"), "'Scale'", "--custom-objects")
+    assert_one_error(cli("inspect", path, "--batch-size", "2"), "'tests>Scale' (class Scale)", "--custom-objects")
     result = cli("inspect", path, "--batch-size", "2", "--custom-objects", objects, "--json")
     assert result.exit_code == 0, result.stderr
     assert "scale" in {layer["name"] for layer in json.loads(result.stdout)["layers"]}

@@ -36,8 +36,11 @@ class GradientBackend(Protocol):
     #: the array library, as the report's ``meta.backend`` names it
     name: str
 
-    def run(self, data: Data, progress: Progress | None = None) -> GradientStats:
+    def run(self, data: Data, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
         """Per-loss gradient statistics of every trainable variable over ``data``'s batches.
+
+        ``seed`` seeds the model's random layers (Dropout, noise, ``SeedGenerator`` states) inside
+        the stateless call, never the model's own state; None runs them from the model's state.
 
         Raises:
             LossSpecError: a loss fails on the model's outputs.

@@ -16,10 +16,11 @@ from typing import Any, Callable, NoReturn, TypeVar
 import click
 
 from gradviz.errors import GradvizError
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 FAIL_LEVELS = ("warning", "error")
+#: gradviz.output.formats(), spelled out so that --help imports no NumPy (a test keeps them equal)
+OUTPUT_FORMATS = ("dot", "graphml", "html", "json", "pdf", "png", "svg")
 
 
 def fail(message: str, exit_code: int = 1) -> NoReturn:
@@ -71,7 +72,7 @@ def analysis_options(command: F) -> F:
                      show_default=True,
                      help="mean-gradient: figures of the gradient averaged over batches (one float32 copy of "
                           "the weights per loss); per-batch: average of per-batch figures (no extra memory)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic data."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic data and of random layers (Dropout, noise, augmentation)."),
         click.option("--inference", is_flag=True,
                      help="Call the model with training=False (no dropout, BatchNorm moving statistics)."),
         click.option("--custom-objects", type=click.Path(dir_okay=False), metavar="FILE.py",
@@ -107,7 +108,6 @@ def make_render_options(kwargs: dict[str, Any]) -> Any:
     import shlex
 
     from gradviz.output.diagram import RenderOptions
-
     return RenderOptions(
         show_shapes=kwargs.pop("show_shapes"),
         show_norms=kwargs.pop("show_norms"),
@@ -121,18 +121,15 @@ def make_render_options(kwargs: dict[str, Any]) -> Any:
 def run_analysis(model: str, **kwargs: Any) -> Any:
     """Parse the shared options and call :func:`gradviz.analyze`."""
     from gradviz.core.spec import parse_loss_assignments, parse_weight_assignments
-
     losses = parse_loss_assignments(kwargs["losses"])
     weights = parse_weight_assignments(kwargs["loss_weights"])
     # Robustness (issue 5): TensorFlow's native import-time log lines must not turn a one-line
     # error into six, and prints from custom layers must not reach stdout (the report's).
     from gradviz.model.loading import check_path
     from gradviz.quiet import import_tensorflow_quietly, stdout_to_stderr
-
     check_path(model)  # a missing or empty file fails before the seconds-long TensorFlow import
     import_tensorflow_quietly(debug=kwargs.get("debug", False))
     from gradviz.session import analyze
-
     batches = kwargs["batches"]
     with _progress(batches) as progress, stdout_to_stderr():
         return analyze(
@@ -152,7 +149,11 @@ def run_analysis(model: str, **kwargs: Any) -> Any:
 
 
 class _progress:
-    """A rich progress bar on stderr while batches stream (only for more than one batch)."""
+    """A rich progress bar on stderr while batches stream (only for more than one batch, on a terminal).
+
+    Without a terminal (a log file, a pipe, CI) there is no bar: rich would leave a blank
+    line where a transient bar was, before ``wrote ...`` or ``Error: ...``.
+    """
 
     def __init__(self, batches: int) -> None:
         self.batches = batches
@@ -170,8 +171,11 @@ class _progress:
             TimeElapsedColumn,
         )
 
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            return None
         self.bar = Progress(TextColumn("gradients"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=Console(stderr=True), transient=True)
+                            console=console, transient=True)
         self.bar.start()
         task = self.bar.add_task("gradients", total=self.batches)
         return lambda done, total: self.bar.update(task, completed=done)
@@ -200,7 +204,9 @@ def main() -> None:
 @click.option("-o", "--output", "outputs", multiple=True, type=click.Path(), metavar="FILE",
               help="Write the report; the extension picks the format: .json, .html, .graphml, .dot, and "
                    ".svg/.png/.pdf (need Graphviz). Repeatable.")
-@click.option("--format", "fmt", default=None, metavar="FORMAT", help="Format of every -o file, overriding extensions.")
+@click.option("--format", "fmt", default=None, metavar="FORMAT",
+              help=f"Format of every -o file, overriding extensions: {', '.join(OUTPUT_FORMATS)} "
+                   "('.dot' alike). Needs -o.")
 @render_options
 @click.option("--all-layers", is_flag=True, help="List operations and weightless layers in the table too.")
 @click.option("--fail-on", type=click.Choice(FAIL_LEVELS), default=None,
@@ -224,7 +230,10 @@ def inspect(model: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None
     """
     from gradviz import output
     from gradviz.core.report import severity_at_least
-
+    if fmt is not None and not outputs:
+        from gradviz.errors import OutputError
+        raise OutputError(f"--format {fmt} sets the format of -o files, and no -o FILE was given; "
+                          f"add one, e.g. -o report.txt --format {fmt}")
     options = make_render_options(kwargs)
     formats = [output.prepare(path, fmt) for path in outputs]  # fail before the (slow) analysis
     _note_html_without_dot(formats)
@@ -241,12 +250,11 @@ def inspect(model: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None
         click.echo(report.to_json())
     else:
         from gradviz.output.text import summary
-
         width = max(80, min(160, _terminal_width()))
         click.echo(summary(report, all_layers=all_layers, width=width, color=sys.stdout.isatty()), nl=False)
     if fail_on and severity_at_least(report.findings, fail_on):
         count = len(severity_at_least(report.findings, fail_on))
-        fail(f"{count} finding(s) of severity {fail_on} or worse (--fail-on {fail_on})")
+        fail(f"{count} {'finding' if count == 1 else 'findings'} of severity {fail_on} or worse (--fail-on {fail_on})")
 
 
 # -- gradviz weights (issue 4) ------------------------------------------------------------
@@ -290,7 +298,6 @@ def weights_command(model: str, tries: tuple[str, ...], sweeps: tuple[str, ...],
     """
     from gradviz.core import weighting
     from gradviz.output import weights as weighting_report
-
     parsed_tries = [weighting.parse_try(text) for text in tries]
     parsed_sweeps = [weighting.parse_sweep(text) for text in sweeps]
     if reference is not None and not suggest:
@@ -312,7 +319,6 @@ def weights_command(model: str, tries: tuple[str, ...], sweeps: tuple[str, ...],
 
 def _note_html_without_dot(formats: list[str]) -> None:
     from gradviz.output.diagram import dot_available
-
     if "html" in formats and not dot_available():
         click.echo("note: Graphviz's dot is not installed: the HTML report is written without its diagram", err=True)
 

@@ -28,6 +28,7 @@ from gradviz.core.graph import Topology
 from gradviz.core.report import SEVERITIES, Finding, LayerInfo
 from gradviz.core.spec import LossSpec
 from gradviz.core.stats import GradientStats
+from gradviz.core.wording import noun, plural, verb
 
 #: a trunk cosine below minus this is a clear conflict (a warning); between it and 0, info
 CLEAR_CONFLICT = 0.1
@@ -163,16 +164,6 @@ def explanation(kind: str) -> tuple[str, str]:
     return (check.meaning, check.advice) if check else ("See the message for details.", "")
 
 
-def plural(count: int, noun: str, many: str | None = None) -> str:
-    """``1 layer``, ``2 layers``.
-
-    Example:
-        >>> plural(1, "layer"), plural(3, "layer"), plural(2, "loss", "losses")
-        ('1 layer', '3 layers', '2 losses')
-    """
-    return f"{count} {noun if count == 1 else (many or noun + 's')}"
-
-
 def conflicting_layers(layers: Iterable[LayerInfo], losses: tuple[str, str]) -> list[str]:
     """The shared layers on which the pair's gradients have a negative cosine, in graph order."""
     return [
@@ -255,7 +246,8 @@ class NanGradient(Check):
             value_text = f"its value is {float(stats.loss_values[k])}" if value_bad else "its value is finite"
             found.append(self.finding(
                 "error",
-                f"loss '{name}': {value_text}{where}; {len(bad_layers)} layer(s) get NaN/Inf gradients",
+                f"loss '{name}': {value_text}{where}; {plural(len(bad_layers), 'layer')} "
+                f"{verb(bad_layers, 'gets', 'get')} NaN/Inf gradients",
                 (name,), bad_layers,
             ))
         return found
@@ -321,13 +313,15 @@ class BlockedPath(Check):
                 if blockers:
                     where = " and ".join(f"{b} ({graph.nodes[b]['class_name']})" for b in blockers)
                     message = (
-                        f"loss '{name}': gradient blocked at {where}; layer(s) {', '.join(group)} feed "
-                        f"output '{term.output}' but get no gradient from its loss"
+                        f"loss '{name}': gradient blocked at {where}; {noun(len(group), 'layer')} {', '.join(group)} "
+                        f"{verb(group, 'feeds', 'feed')} output '{term.output}' but {verb(group, 'gets', 'get')} no "
+                        "gradient from its loss"
                     )
                 else:
                     message = (
-                        f"loss '{name}': layer(s) {', '.join(group)} feed output '{term.output}' but get no "
-                        "gradient from its loss, and no known gradient-blocking operation lies between them "
+                        f"loss '{name}': {noun(len(group), 'layer')} {', '.join(group)} {verb(group, 'feeds', 'feed')} "
+                        f"output '{term.output}' but {verb(group, 'gets', 'get')} no gradient from its loss, and no "
+                        "known gradient-blocking operation lies between them "
                         "(a custom layer or a non-differentiable op cuts the path)"
                     )
                 found.append(self.finding("error", message, (name,), tuple(group) + blockers, blockers))
@@ -369,12 +363,15 @@ class UnreachedLayer(Check):
                 no_grad.append(info.name)
         parts = []
         if no_grad:
-            parts.append(f"{', '.join(no_grad)} get no gradient at all (Keras warns 'Gradients do not exist' for their variables)")
+            parts.append(f"{', '.join(no_grad)} {verb(no_grad, 'gets', 'get')} no gradient at all "
+                         f"(Keras warns 'Gradients do not exist' for {verb(no_grad, 'its', 'their')} variables)")
         if reg_only:
-            parts.append(f"{', '.join(reg_only)} get only the regularization gradient (weight decay, no learning)")
+            parts.append(f"{', '.join(reg_only)} {verb(reg_only, 'gets', 'get')} only the regularization gradient "
+                         "(weight decay, no learning)")
         return [self.finding(
             "warning",
-            f"{len(unreached)} layer(s) with trainable weights are reached by no loss: " + "; ".join(parts),
+            f"{plural(len(unreached), 'layer')} with trainable weights {verb(unreached, 'is', 'are')} reached by "
+            "no loss: " + "; ".join(parts),
             (), tuple(info.name for info in unreached),
         )]
 
@@ -446,7 +443,7 @@ class Vanishing(Check):
                     "warning",
                     f"loss '{names[k]}': its weighted gradient on the shared trunk ({weighted[k]:.3g}) is "
                     f"{others / weighted[k] if weighted[k] > 0 else float('inf'):.3g}x smaller than "
-                    f"'{names[top]}''s ({others:.3g}); it barely trains the trunk",
+                    f"that of '{names[top]}' ({others:.3g}); it barely trains the trunk",
                     (names[k], names[top]),
                 ))
         return found
@@ -509,9 +506,9 @@ class Conflict(Check):
             severity = "warning" if pair.cosine < -CLEAR_CONFLICT else "info"
             found.append(self.finding(
                 severity,
-                f"losses '{pair.losses[0]}' and '{pair.losses[1]}' pull the shared trunk in "
-                f"{self._words(pair.cosine)} directions (trunk cosine {pair.cosine:.3f}; "
-                f"negative on {len(conflicting)} shared layer(s){': ' + ', '.join(conflicting[:8]) if conflicting else ''}"
+                f"losses '{pair.losses[0]}' and '{pair.losses[1]}' pull the shared trunk "
+                f"{self._words(pair.cosine)} (trunk cosine {pair.cosine:.3f}; negative on "
+                f"{plural(len(conflicting), 'shared layer')}{': ' + ', '.join(conflicting[:8]) if conflicting else ''}"
                 f"{' ...' if len(conflicting) > 8 else ''})",
                 pair.losses, conflicting,
             ))
@@ -519,11 +516,17 @@ class Conflict(Check):
 
     @staticmethod
     def _words(trunk_cosine: float) -> str:
+        """How two losses pull the trunk, as the words after "pull the shared trunk".
+
+        Example:
+            >>> Conflict._words(-0.5), Conflict._words(0.3)
+            ('in opposing directions', 'in aligned directions overall, but in opposing ones on some layers')
+        """
         if trunk_cosine < -CLEAR_CONFLICT:
-            return "opposing"
+            return "in opposing directions"
         if trunk_cosine < 0:
-            return "nearly orthogonal, slightly opposing"
-        return "aligned overall but, on some layers, opposing"
+            return "in nearly orthogonal, slightly opposing directions"
+        return "in aligned directions overall, but in opposing ones on some layers"
 
 
 @register
@@ -574,7 +577,8 @@ class MixedPrecision(Check):
             return []
         return [self.finding(
             "info",
-            f"{len(half)} layer(s) compute in float16/bfloat16; gradviz differentiates the unscaled loss, so "
+            f"{plural(len(half), 'layer')} {verb(half, 'computes', 'compute')} in float16/bfloat16; gradviz "
+            "differentiates the unscaled loss, so "
             "gradients below float16's range can show as 0 (dead) where Keras's LossScaleOptimizer would scale them",
             (), evidence.ordered(half),
         )]

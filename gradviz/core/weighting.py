@@ -42,9 +42,7 @@ from gradviz.core.report import (
     pair_figures,
 )
 from gradviz.core.spec import parse_assignment, parse_weight
-from gradviz.errors import LossSpecError
-
-#: findings whose presence depends on the weights (conflict does not: cosines are of unweighted gradients)
+from gradviz.errors import LossSpecError  #: findings whose presence depends on the weights (conflict does not: cosines are of unweighted gradients)
 WEIGHT_FINDINGS = (Dominated.kind, Vanishing.kind, ZeroWeight.kind)
 #: the most points one ``--sweep`` may ask for
 MAX_SWEEP_STEPS = 1000
@@ -455,7 +453,8 @@ def suggest(report: Report, reference: str | None = None) -> Suggestion:
     common = next(weights[k] * norms[k] for k in norms)
     zero_now = [k for k in norms if current[k] == 0]
     if zero_now:
-        notes.append(f"{', '.join(zero_now)} had weight 0 and get one here; keep 0 if the loss is meant to be off")
+        notes.append(f"{', '.join(zero_now)} had weight 0 and {'gets' if len(zero_now) == 1 else 'get'} one here; "
+                     f"keep 0 if the loss is meant to be off")
     if report.meta.get("data") == "synthetic":
         notes.append("computed on synthetic data: gradient sizes depend on the data, pass --data for real ones")
     notes.append("balances the start of training only: gradient sizes change as the model trains")

@@ -17,9 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from gradviz.errors import DataError
-
-#: Size used for a dimension the model leaves unknown (e.g. sequence length).
+from gradviz.errors import DataError  #: Size used for a dimension the model leaves unknown (e.g. sequence length).
 UNKNOWN_DIM = 16
 
 
@@ -168,7 +166,7 @@ def load_npz(
 
     Raises:
         DataError: not an ``.npz`` file, a key missing, a shape, dtype or row
-            count that does not fit, or NaN/Inf values.
+            count that does not fit, or NaN/Inf values in the rows used.
     """
     check_counts(batch_size, batches)
     file = Path(path)
@@ -201,6 +199,9 @@ def load_npz(
                 f"{file}: '{name}' has {array.shape[0]} rows, fewer than --batch-size {batch_size} "
                 f"x --batches {batches} = {rows_needed}"
             )
+    # Only the rows the batches use are checked: they are what the gradients see.
+    for options, array in zip(expected_x + expected_y, list(xs) + list(ys.values())):
+        _check_finite(file, next(k for k in options if k in keys), array[:rows_needed])
     for info, array in zip(inputs, xs):
         _check_values(file, info.name, array, info.id_range)
     for name, array in ys.items():
@@ -281,9 +282,39 @@ def _comparable_dims(shape: tuple[int, ...], info: TensorInfo, target: bool) -> 
     return want if len(shape) == rank else None
 
 
+#: bad rows named in a message before "..."
+SHOWN_ROWS = 5
+
+
+def _check_finite(file: Path, key: str, array: np.ndarray) -> None:
+    """Refuse NaN or Inf in input data, naming the array's key and the first bad rows.
+
+    Non-finite numbers *in the gradients* are a finding (``nan-gradient``); in the data they
+    are an input error: every gradient they touch would be NaN, saying nothing about the model.
+
+    Example:
+        >>> a = np.zeros((40, 2)); a[[3, 17, 20, 21, 30, 33], 1] = np.nan; a[5, 0] = np.inf
+        >>> _check_finite(Path("batch.npz"), "x:image", a)
+        Traceback (most recent call last):
+        ...
+        gradviz.errors.DataError: batch.npz: 'x:image' has NaN and Inf at rows 3, 5, 17, 20, 21, ... (7 of the 40 rows used); fix or drop those rows (gradviz refuses non-finite input data)
+    """
+    if array.dtype.kind != "f" or not array.size:
+        return
+    finite = np.isfinite(array)
+    if finite.all():
+        return
+    rows = np.flatnonzero(~finite.reshape(len(array), -1).all(axis=1))
+    kinds = " and ".join(k for k, test in (("NaN", np.isnan), ("Inf", np.isinf)) if test(array).any())
+    shown = ", ".join(str(int(r)) for r in rows[:SHOWN_ROWS]) + (", ..." if len(rows) > SHOWN_ROWS else "")
+    counted = f"{len(rows)} of the {len(array)} rows used"
+    raise DataError(
+        f"{file}: '{key}' has {kinds} at {'rows' if len(rows) > 1 else 'row'} {shown} ({counted}); "
+        "fix or drop those rows (gradviz refuses non-finite input data)"
+    )
+
+
 def _check_values(file: Path, name: str, array: np.ndarray, id_range: int | None) -> None:
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        raise DataError(f"{file}: '{name}' contains NaN or Inf values; gradients on them are meaningless")
     if id_range is not None and array.dtype.kind in "iu" and array.size:
         low, high = int(array.min()), int(array.max())
         if low < 0 or high >= id_range:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from gradviz.errors import ModelLoadError, UnsafeModelError
-
 if TYPE_CHECKING:
     import keras
 
@@ -56,6 +55,9 @@ def import_custom_objects(path: str | Path) -> dict[str, Any]:
 
     Importing the file also runs its ``@keras.saving.register_keras_serializable``
     decorators. A module-level ``CUSTOM_OBJECTS`` dict, when present, is used as is.
+    As with ``python FILE.py``, the file's folder is on ``sys.path`` while it is
+    imported (``from custom_objs import Scale`` finds ``custom_objs.py`` beside it),
+    and classes and functions it imports from modules in that folder count as its own.
 
     Args:
         path: a ``.py`` file.
@@ -78,7 +80,8 @@ def import_custom_objects(path: str | Path) -> dict[str, Any]:
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        with _folder_on_path(file.resolve().parent):
+            spec.loader.exec_module(module)
     except Exception as e:
         del sys.modules[module_name]
         raise ModelLoadError(
@@ -87,13 +90,95 @@ def import_custom_objects(path: str | Path) -> dict[str, Any]:
     declared = getattr(module, "CUSTOM_OBJECTS", None)
     if isinstance(declared, dict):
         return dict(declared)
+    folder = file.resolve().parent
     return {
         name: obj
         for name, obj in vars(module).items()
         if not name.startswith("_")
         and (inspect.isclass(obj) or inspect.isfunction(obj))
-        and getattr(obj, "__module__", None) == module_name
+        and (getattr(obj, "__module__", None) == module_name or _defined_in(obj, folder))
     }
+
+
+@contextlib.contextmanager
+def _folder_on_path(folder: Path) -> Iterator[None]:
+    """Put ``folder`` first on ``sys.path`` for the block (as ``python FILE.py`` does for the file's folder)."""
+    entry = str(folder)
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if entry in sys.path:
+            sys.path.remove(entry)
+
+
+def _defined_in(obj: Any, folder: Path) -> bool:
+    """Whether ``obj`` comes from a module whose file lies in ``folder`` (a custom objects file's sibling)."""
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    source = getattr(module, "__file__", None)
+    return bool(source) and Path(str(source)).resolve().parent == folder
+
+
+def registered_names(config: Any) -> dict[str, str]:
+    """The names Keras looks up for the custom classes and functions of a serialized config.
+
+    Keras saves a custom class as its class name plus the name it was registered
+    under (``package>Name`` with ``@keras.saving.register_keras_serializable(package=...)``,
+    ``Name`` alone without), and looks it up by the registered name only.
+    Keras's own objects are left out.
+
+    Args:
+        config: a model or compile config (JSON).
+
+    Returns:
+        ``{registered name: class or function name}``.
+
+    Example:
+        >>> registered_names({"class_name": "Scale", "module": None, "registered_name": "my>Scale"})
+        {'my>Scale': 'Scale'}
+        >>> registered_names([{"class_name": "function", "config": "my>my_loss", "module": "builtins"},
+        ...                   {"class_name": "Dense", "module": "keras.layers", "registered_name": None}])
+        {'my>my_loss': 'my_loss'}
+    """
+    found: dict[str, str] = {}
+    stack = [config]  # iterative: a hostile file may nest deeper than Python's recursion limit
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            class_name = node.get("class_name")
+            module = str(node.get("module") or "")
+            if not (module == "keras" or module.startswith("keras.")) and isinstance(class_name, str):
+                registered = node.get("registered_name")
+                inner = node.get("config")
+                if class_name == "function" and isinstance(inner, str) and ">" in inner:
+                    found.setdefault(inner, inner.split(">", 1)[1])
+                elif class_name != "function" and isinstance(registered, str) and registered:
+                    found.setdefault(registered, class_name)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def match_registered_names(custom_objects: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """Add the registered names a config uses (``my>Scale``) for the custom objects of the same class name.
+
+    A file defining ``class Scale`` without (or with another) registration then
+    resolves a model saved with ``@register_keras_serializable(package="my")``.
+
+    Example:
+        >>> class Scale: ...
+        >>> sorted(match_registered_names({"Scale": Scale}, {"my>Scale": "Scale", "my>Other": "Other"}))
+        ['Scale', 'my>Scale']
+    """
+    matched = dict(custom_objects)
+    by_class = {getattr(obj, "__name__", name): obj for name, obj in custom_objects.items()}
+    for registered, class_name in names.items():
+        if registered not in matched:
+            obj = custom_objects.get(class_name, by_class.get(class_name))
+            if obj is not None:
+                matched[registered] = obj
+    return matched
 
 
 def from_model(model: Any) -> LoadedModel:
@@ -149,7 +234,9 @@ def load_model(
                 f"{file} contains Lambda layer(s) {', '.join(lambdas)} whose Python code "
                 "would run on load; pass --unsafe (unsafe=True) only if you trust the file"
             )
-    model = _rebuild(file, custom_objects, unsafe)
+    names = registered_names([model_config, compile_config])
+    custom_objects = match_registered_names(custom_objects, names)
+    model = _rebuild(file, custom_objects, unsafe, names, custom_objects_file)
     compile_config = compile_config or {}
     return LoadedModel(
         model,
@@ -302,7 +389,8 @@ _UNKNOWN_CLASS = re.compile(
 )
 
 
-def _rebuild(file: Path, custom_objects: dict[str, Any], unsafe: bool) -> keras.Model:
+def _rebuild(file: Path, custom_objects: dict[str, Any], unsafe: bool, names: dict[str, str] | None = None,
+             custom_objects_file: str | Path | None = None) -> keras.Model:
     import keras
 
     try:
@@ -311,7 +399,11 @@ def _rebuild(file: Path, custom_objects: dict[str, Any], unsafe: bool) -> keras.
                 file, compile=False, safe_mode=not unsafe, custom_objects=custom_objects or None
             )
     except Exception as e:  # Keras raises bare ValueError/TypeError/KeyError for bad files
-        raise ModelLoadError(_explain_load_failure(file, e)) from e
+        message = _explain_load_failure(file, e)
+        unknown = _unknown_identifier(e, names or {})
+        if unknown is not None:
+            message = _unknown_identifier_message(file, *unknown, custom_objects, custom_objects_file)
+        raise ModelLoadError(message) from e
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"{file} holds a {type(model).__name__}, not a Keras model")
     return model
@@ -345,6 +437,41 @@ def _explain_load_failure(file: Path, error: Exception) -> str:
     cause = text.rsplit("Exception encountered:", 1)[-1].strip()
     first = cause[:300] + ("..." if len(cause) > 300 else "")
     return f"cannot rebuild the model from {file}: {type(error).__name__}: {first}"
+
+
+def _unknown_identifier(error: Exception, names: dict[str, str]) -> tuple[str, str, str] | None:
+    """``(identifier Keras looked up, name, "class" or "function")`` when ``error`` is about a custom
+    name the config registers.
+
+    Keras's message names the class (``Could not locate class 'Scale'``) but it looked
+    up the registered name (``my>Scale``): only the config says which.
+    """
+    match = _UNKNOWN_CLASS.search(" ".join(str(error).split()))
+    name = next((group for group in match.groups() if group), None) if match else None
+    if not name:
+        return None
+    if name in names:  # a function: Keras names it by its registered name already
+        return name, names[name], "function"
+    candidates = sorted(registered for registered, class_name in names.items() if class_name == name)
+    return (candidates[0], name, "class") if candidates else None
+
+
+def _unknown_identifier_message(file: Path, identifier: str, name: str, kind: str, custom_objects: dict[str, Any],
+                                custom_objects_file: str | Path | None) -> str:
+    """One line naming what Keras looks for, and where it looked.
+
+    Example:
+        >>> _unknown_identifier_message(Path("m.keras"), "my>Scale", "Scale", "class", {}, None)
+        "m.keras uses an unknown class or function 'my>Scale' (class Scale); pass --custom-objects FILE.py with a Python file that defines class Scale"
+    """
+    what = f"'{identifier}'" if identifier == name else f"'{identifier}' ({kind} {name})"
+    if custom_objects_file is None:
+        return (f"{file} uses an unknown class or function {what}; pass --custom-objects FILE.py with a Python "
+                f"file that defines {kind} {name}")
+    defined = sorted(key for key in custom_objects if ">" not in key)
+    listing = f"it defines: {', '.join(defined)}" if defined else "it defines no class or function"
+    return (f"{file} uses an unknown class or function {what}, which {custom_objects_file} neither defines nor "
+            f"registers ({listing})")
 
 
 def _is_keras_builtin(name: str) -> bool:

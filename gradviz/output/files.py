@@ -18,7 +18,6 @@ from typing import Callable
 from gradviz.core.report import Report
 from gradviz.errors import OutputError
 from gradviz.output.diagram import GRAPHVIZ_FORMATS, RenderOptions
-
 Writer = Callable[[Report, RenderOptions], bytes]
 
 
@@ -28,14 +27,12 @@ def _json(report: Report, options: RenderOptions) -> bytes:
 
 def _dot(report: Report, options: RenderOptions) -> bytes:
     from gradviz.output.diagram import build_dot
-
     return build_dot(report, options).encode("utf-8")
 
 
 def _graphviz(fmt: str) -> Writer:
     def write(report: Report, options: RenderOptions) -> bytes:
         from gradviz.output.diagram import build_dot, render
-
         return render(build_dot(report, options), fmt)
 
     return write
@@ -43,13 +40,11 @@ def _graphviz(fmt: str) -> Writer:
 
 def _html(report: Report, options: RenderOptions) -> bytes:
     from gradviz.output.html import build_html
-
     return build_html(report, options).encode("utf-8")
 
 
 def _graphml(report: Report, options: RenderOptions) -> bytes:
     from gradviz.output.graphml import to_graphml
-
     return to_graphml(report)
 
 
@@ -71,11 +66,13 @@ def formats() -> list[str]:
 
 
 def format_of(path: str | Path, override: str | None = None) -> str:
-    """The format to write ``path`` in: ``override``, else the extension.
+    """The format to write ``path`` in: ``override`` (``dot`` or ``.dot`` alike), else the extension.
 
     Example:
         >>> format_of("out/report.JSON")
         'json'
+        >>> format_of("flow.txt", ".dot"), format_of("flow.txt", "DOT")
+        ('dot', 'dot')
 
     Raises:
         OutputError: the format is not known.
@@ -83,11 +80,13 @@ def format_of(path: str | Path, override: str | None = None) -> str:
     if not override and Path(path).is_dir():  # say so, rather than "unknown extension"
         raise OutputError(f"output path {path} is a directory; give a file name such as {Path(path) / 'report.json'}")
     suffix = Path(path).suffix
-    name = (override or suffix.lstrip(".")).lower()
+    name = (override.strip().removeprefix(".") if override else suffix.lstrip(".")).lower()
     if name not in formats():
         valid = ", ".join("." + f for f in formats())
         if override:
-            raise OutputError(f"unknown output format (--format {override!r}); valid: {valid}")
+            raise OutputError(
+                f"unknown output format (--format {override!r}); valid: {', '.join(formats())} (or {valid})"
+            )
         if not suffix:
             raise OutputError(f"output path {str(path)!r} has no extension to pick the format from; valid: {valid}")
         raise OutputError(f"unknown output format {suffix!r} (extension of {str(path)!r}); valid: {valid}")
@@ -124,7 +123,6 @@ def prepare(path: str | Path, fmt: str | None = None) -> str:
         GraphvizMissingError: the format needs ``dot`` and it is not installed.
     """
     from gradviz.output.diagram import require_dot
-
     name = format_of(path, fmt)
     if name in NEEDS_GRAPHVIZ:
         require_dot()

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradviz.core.report import STATUSES, Report
-
+from gradviz.core.wording import noun, plural
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 STATUS_STYLE = {"shared": "green", "exclusive": "blue", "dead": "red", "unreached": "magenta", "no-trainable-weights": "dim"}
 
@@ -55,7 +55,7 @@ def summary(report: Report, *, all_layers: bool = False, width: int = 120, color
     source = report.meta.get("source") or report.model_name
     data = report.meta.get("data", "synthetic")
     console.print(
-        f"[bold]{source}[/bold]: {len(report.losses)} loss(es), batch {report.meta.get('batch_size')} x "
+        f"[bold]{source}[/bold]: {plural(len(report.losses), 'loss', 'losses')}, batch {report.meta.get('batch_size')} x "
         f"{report.meta.get('batches')} ({data} data, {'training' if report.meta.get('training', True) else 'inference'} mode)"
     )
 
@@ -97,7 +97,8 @@ def summary(report: Report, *, all_layers: bool = False, width: int = 120, color
     console.print(folded(layers))
     counts = Counter(info.status for info in report.layers if info.trainable_params > 0)
     parts = [f"{counts[s]} {s}" for s in STATUSES if counts.get(s)]
-    tail = f" ({hidden} operations and weightless layers not listed; --all-layers shows them)" if hidden else ""
+    unlisted = noun(hidden, "operation or weightless layer", "operations and weightless layers")
+    tail = f" ({hidden} {unlisted} not listed; --all-layers shows them)" if hidden else ""
     console.print("Layers with weights: " + (", ".join(parts) or "none") + tail)
 
     if report.findings:

@@ -27,7 +27,7 @@ from gradviz.core.weighting import CURRENT, TRUNK, Scenario, WhatIf
 from gradviz.errors import OutputError
 from gradviz.output.diagram import RenderOptions
 from gradviz.output.text import SEVERITY_STYLE, fmt, folded
-
+from gradviz.core.wording import plural
 PLOT_FORMATS = ("png", "svg")
 JSON = "json"
 
@@ -83,7 +83,7 @@ def summary(what_if: WhatIf, *, width: int = 120, color: bool = False) -> str:
     shared = what_if.shared_layers
     source = base.meta.get("source") or base.model_name
     console.print(
-        f"[bold]{source}[/bold]: {len(names)} loss(es), batch {base.meta.get('batch_size')} x "
+        f"[bold]{source}[/bold]: {plural(len(names), 'loss', 'losses')}, batch {base.meta.get('batch_size')} x "
         f"{base.meta.get('batches')} ({base.meta.get('data', 'synthetic')} data); gradients computed once"
     )
     if shared:
@@ -135,7 +135,7 @@ def summary(what_if: WhatIf, *, width: int = 120, color: bool = False) -> str:
     if suggestion is not None:
         console.print()
         if suggestion.weights is None:
-            console.print("[bold]Suggested weights[/bold]: none. " + " ".join(suggestion.notes))
+            console.print("[bold]Suggested weights[/bold]: none (" + "; ".join(suggestion.notes) + ")")
         else:
             where = "the trunk" if suggestion.reference_layer == TRUNK else f"layer '{suggestion.reference_layer}'"
             console.print(

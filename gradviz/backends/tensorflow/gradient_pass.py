@@ -29,6 +29,7 @@ from gradviz.core.spec import regularization_name
 from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble, unpack
 from gradviz.data import Data
 from gradviz.errors import DataError, LossSpecError
+from gradviz.model.randomness import GlobalSeedGenerator, find_random_state, seeded_state
 
 if TYPE_CHECKING:
     import keras
@@ -89,6 +90,10 @@ class GradientPass:
         self.variables = list(model.trainable_variables)
         self.state_variables = list(model.non_trainable_variables)
         self._layer_keys = [layer_key(v) for v in self.variables]
+        #: the seed-generator states among the state variables, and the layers holding them
+        self.random_state = find_random_state(model)
+        #: stands in for Keras's global SeedGenerator (unseeded keras.random calls) while the model runs
+        self.global_seed = GlobalSeedGenerator()
         #: whether the backward passes run in lockstep; False after a fallback
         self.lockstep = lockstep
         #: why the lockstep ordering was dropped (None while it holds)
@@ -231,11 +236,12 @@ class GradientPass:
         flat = tf.nest.flatten(args)
         key = (id(fn),) + tuple((tuple(t.shape), t.dtype) for t in flat)
         concrete = self._concrete.get(key)
-        if concrete is None:
-            result = fn(*args)  # traces if needed; counted by tracing_count()
-            self._concrete[key] = fn.get_concrete_function(*args)
-            return result
-        return concrete(*args)
+        with self.global_seed.active():
+            if concrete is None:
+                result = fn(*args)  # traces if needed; counted by tracing_count()
+                self._concrete[key] = fn.get_concrete_function(*args)
+                return result
+            return concrete(*args)
 
     def _run_step_stats(self, x: list[Any], y: dict[str, Any], state: list[Any]) -> Any:
         """One batch through ``step_stats``; without lockstep if the runtime finds its edges in a cycle."""
@@ -253,12 +259,15 @@ class GradientPass:
         self.step_stats = self._compiled_step_stats(False)
         return self._call(self.step_stats, x, y, state)
 
-    def run(self, data: Data, progress: Progress | None = None) -> GradientStats:
+    def run(self, data: Data, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
         """Stream ``data`` through the compiled pass and reduce it to statistics.
 
         Args:
             data: the batches.
             progress: called with ``(batches done, batches)``.
+            seed: the random layers' (Dropout, noise, ...) seed-generator states start from values
+                derived from it (:func:`gradviz.model.randomness.seeded_state`), so one seed gives one
+                set of masks in every process; None starts them from the model's own state.
 
         Raises:
             LossSpecError: a loss fails on the model's outputs.
@@ -266,7 +275,11 @@ class GradientPass:
         """
         import tensorflow as tf
 
-        state = [tf.convert_to_tensor(v) for v in self.state_variables]
+        if seed is None:
+            state = [tf.convert_to_tensor(v) for v in self.state_variables]
+        else:  # a loaded model's own seeds are drawn afresh on every load
+            state = seeded_state(self.state_variables, self.random_state, seed)
+        self.global_seed.reset(seed)
         accumulate = self.mode == MEAN_GRADIENT and data.batches > 1
         if accumulate and self._dirty:  # the sums of an earlier run (finished or not) are still there
             self._call(self.zero_accumulators)
