@@ -207,6 +207,23 @@ def test_dpi_validated(dpi: Any) -> None:
 # -- the HTML report ---------------------------------------------------------------------------------
 
 
+def test_html_layers_table_fits_the_page(built: tuple[Any, Report]) -> None:
+    """One line per row (short cells never wrap), the table scrolls inside its own box rather than
+    widening the page; nested model and share have no columns of their own."""
+    _, report = built
+    page = build_html(report)
+    assert '<div class="table-wrap layers"><table class="sortable">' in page
+    assert ".table-wrap { overflow-x: auto;" in page and re.search(r"\.layers td \{[^}]*white-space: nowrap", page)
+    header = re.search(r'<div class="table-wrap layers">.*?</thead>', page, flags=re.S)
+    assert header and "<th>model</th>" not in header.group(0) and "<th>share</th>" not in header.group(0)
+    assert '<td><span class="prefix">encoder/</span>enc_bn</td>' in page
+    info = report.layer("trunk_a")
+    for loss, share in info.share.items():
+        norm = info.grad_norm[loss]
+        assert f'{fmt(norm)} <span class="share">{share:.0%}</span></td>' in page
+    assert '<p class="meta">3 losses · batch 8' in page
+
+
 @pytest.mark.dot
 # -- the sweep plot ---------------------------------------------------------------------------------
 
