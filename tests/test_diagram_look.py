@@ -227,3 +227,27 @@ def test_html_layers_table_fits_the_page(built: tuple[Any, Report]) -> None:
 @pytest.mark.dot
 # -- the sweep plot ---------------------------------------------------------------------------------
 
+
+def test_sweep_plot_legend_and_current_label_stay_off_the_lines(built: tuple[Any, Report]) -> None:
+    """The legend sits below the panels (no line can cross it) and "current" above each panel."""
+    from gradviz import weighting
+    from gradviz.weighting_report import sweep_figure
+
+    _, report = built
+    what_if = weighting.explore(report, sweeps=[weighting.parse_sweep("C=0:2:5"),
+                                                weighting.parse_sweep("D=log:1e-3:10:5")])
+    figure = sweep_figure(what_if)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    panels = [ax for ax in figure.axes]
+    assert len(figure.legends) == 1 and all(ax.get_legend() is None for ax in panels)
+    legend = figure.legends[0].get_window_extent(renderer)
+    for ax in panels:
+        assert not legend.overlaps(ax.get_window_extent(renderer))
+    labels = [t for ax in panels for t in ax.texts if t.get_text() == "current"]
+    assert len(labels) == 2
+    for label in labels:
+        box = label.get_window_extent(renderer)
+        assert box.y0 >= label.axes.get_window_extent(renderer).y1 - 0.5
+        title = label.axes.title.get_window_extent(renderer)
+        assert not box.overlaps(title)
