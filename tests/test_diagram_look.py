@@ -204,6 +204,48 @@ def test_dpi_validated(dpi: Any) -> None:
 
 
 @pytest.mark.dot
+def test_cli_dpi_scales_png_only(cli: Callable[..., Any], tmp_path: Path) -> None:
+    model = SAMPLES / "shared_trunk.keras"
+    plain = cli("inspect", model, "-o", tmp_path / "a.png", "-o", tmp_path / "a.svg", "-o", tmp_path / "a.html")
+    sharp = cli("inspect", model, "--dpi", "192", "-o", tmp_path / "b.png", "-o", tmp_path / "b.svg",
+                "-o", tmp_path / "b.html", "-o", tmp_path / "b.dot")
+    assert plain.exit_code == 0 and sharp.exit_code == 0, plain.stderr + sharp.stderr
+    (w1, h1), (w2, h2) = _png_size((tmp_path / "a.png").read_bytes()), _png_size((tmp_path / "b.png").read_bytes())
+    assert w2 == pytest.approx(2 * w1, abs=2) and h2 == pytest.approx(2 * h1, abs=2)
+    size = re.compile(r'<svg width="[^"]+" height="[^"]+"')
+    for ext in ("svg", "html"):  # vector: the same size
+        first = size.search((tmp_path / f"a.{ext}").read_text())
+        second = size.search((tmp_path / f"b.{ext}").read_text())
+        assert first and second and first.group(0) == second.group(0)
+    assert "dpi=192" in (tmp_path / "b.dot").read_text()
+
+
+def test_cli_dpi_out_of_range_is_a_usage_error(cli: Callable[..., Any], tmp_path: Path) -> None:
+    result = cli("inspect", SAMPLES / "shared_trunk.keras", "--dpi", "5", "-o", tmp_path / "a.png")
+    assert result.exit_code == 2 and "10<=x<=1200" in result.stderr
+    assert "--dpi" in cli("inspect", "--help").stdout and "--dpi" in cli("weights", "--help").stdout
+
+
+def test_cli_range_matches_the_library() -> None:
+    import click
+
+    from gradviz.cli import inspect
+
+    option = next(p for p in inspect.params if p.name == "dpi")
+    assert isinstance(option.type, click.IntRange)
+    assert (option.type.min, option.type.max) == DPI_RANGE
+
+
+def test_weights_dpi_sets_the_sweep_plot_resolution(cli: Callable[..., Any], tmp_path: Path) -> None:
+    model = SAMPLES / "shared_trunk.keras"
+    default = cli("weights", model, "--sweep", "D=0:1:3", "-o", tmp_path / "a.png")
+    half = cli("weights", model, "--sweep", "D=0:1:3", "--dpi", "60", "-o", tmp_path / "b.png")
+    assert default.exit_code == 0 and half.exit_code == 0, default.stderr + half.stderr
+    (w1, h1), (w2, h2) = _png_size((tmp_path / "a.png").read_bytes()), _png_size((tmp_path / "b.png").read_bytes())
+    assert (w1, h1) == (768, 504)  # 6.4 x 4.2 inches at 120 dpi
+    assert (w2, h2) == (384, 252)
+
+
 # -- the HTML report ---------------------------------------------------------------------------------
 
 
@@ -225,6 +267,14 @@ def test_html_layers_table_fits_the_page(built: tuple[Any, Report]) -> None:
 
 
 @pytest.mark.dot
+def test_html_svg_is_not_scaled_by_dpi(built: tuple[Any, Report]) -> None:
+    _, report = built
+    size = re.compile(r'<svg width="[^"]+" height="[^"]+"')
+    plain = size.search(build_html(report))
+    sharp = size.search(build_html(report, RenderOptions(dpi=300)))
+    assert plain and sharp and plain.group(0) == sharp.group(0)
+
+
 # -- the sweep plot ---------------------------------------------------------------------------------
 
 
