@@ -390,19 +390,26 @@ def _loss_label_text(report: Report, name: str) -> str:
 
 
 def _norm_line(report: Report, info: LayerInfo) -> str:
-    """The per-loss norms and Σ as a one-row table: each loss's swatch framed in dark grey on a
-    white cell, so that it stands out even on a fill of its own colour."""
-    cells = []
+    """The per-loss norms and Σ as a one-row table: each loss's swatch framed in dark grey, so that
+    it stands out even on a fill of its own colour.
+
+    Graphviz spreads a nested table's cells evenly over a wider line above it: each swatch and
+    its text form one cell (a table of their own) so that they stay together, and empty cells at
+    both ends take their share of the extra width. Gaps are cells, not spaces: a browser drops an
+    SVG text's leading and trailing spaces.
+    """
+    groups = []
     for loss in report.losses:
         norm = info.grad_norm.get(loss.name)
         if norm is None:
             continue
-        # gaps are cells, not spaces: a browser drops an SVG text's leading and trailing spaces
-        cells.append(f'<TD FIXEDSIZE="TRUE" WIDTH="9" HEIGHT="9" BGCOLOR="{loss.color}" BORDER="1" '
-                     f'COLOR="{SWATCH_FRAME}"></TD><TD WIDTH="3"></TD>'
-                     f'<TD><FONT POINT-SIZE="9">{_h(loss.name)} {_h(fmt(norm))}</FONT></TD><TD WIDTH="9"></TD>')
-    cells.append(f'<TD><FONT POINT-SIZE="9">Σ {_h(fmt(info.combined_grad_norm))}</FONT></TD>')
-    return '<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="0"><TR>' + "".join(cells) + "</TR></TABLE>"
+        groups.append('<TD><TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="0"><TR>'
+                      f'<TD FIXEDSIZE="TRUE" WIDTH="9" HEIGHT="9" BGCOLOR="{loss.color}" BORDER="1" '
+                      f'COLOR="{SWATCH_FRAME}"></TD><TD WIDTH="3"></TD><TD ALIGN="LEFT">'
+                      f'<FONT POINT-SIZE="9">{_h(loss.name)} {_h(fmt(norm))}</FONT></TD></TR></TABLE></TD>')
+    groups.append(f'<TD ALIGN="LEFT"><FONT POINT-SIZE="9">Σ {_h(fmt(info.combined_grad_norm))}</FONT></TD>')
+    return ('<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="0"><TR><TD></TD>'
+            + '<TD WIDTH="8"></TD>'.join(groups) + "<TD></TD></TR></TABLE>")
 
 
 def _label(lines: Sequence[str], plate: bool = False) -> str:
