@@ -140,7 +140,7 @@ def test_shared_layers_striped_exclusive_filled() -> None:
     assert 'style="striped"' in a and tint(colors["C"]) in a and tint(colors["D"]) in a
     c = next(line for line in dot.splitlines() if line.strip().startswith('"C" ['))
     assert 'style="filled"' in c and f'fillcolor="{tint(colors["C"])}"' in c
-    assert re.search(r'"loss:C" \[.*label=<<B>C · binary_crossentropy · w=0.5 · 0.774</B>>', dot)
+    assert re.search(r'"loss:C" \[.*label=<<TABLE [^>]*><TR><TD><B>C · binary_crossentropy · weight 0.5 · loss 0.774</B>', dot)
 
 
 def test_stripes_follow_weighted_norms() -> None:

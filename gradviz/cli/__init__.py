@@ -97,6 +97,9 @@ def render_options(command: F) -> F:
                      help="Diagrams: draw nested models as clusters of their layers, or as one box each."),
         click.option("--compact", is_flag=True,
                      help="Diagrams: merge chains of layers with the same reach and status into one box."),
+        click.option("--dpi", type=click.IntRange(10, 1200), default=None, metavar="N",
+                     help="Resolution of PNG files: diagrams (default 96) and sweep plots (default 120). "
+                          "SVG, PDF and HTML are vector and ignore it."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -115,6 +118,7 @@ def make_render_options(kwargs: dict[str, Any]) -> Any:
         expand_nested=kwargs.pop("expand_nested"),
         compact=kwargs.pop("compact"),
         command=shlex.join(["gradviz", *sys.argv[1:]]),
+        dpi=kwargs.pop("dpi"),
     )
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import html
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 from gradviz.core.analysis import group_info
@@ -50,7 +50,15 @@ WARNING_COLOR = "#C00000"
 UNREACHED_FILL = "#EEEEEE"
 UNREACHED_LINE = "#888888"
 EDGE_COLOR = "#555555"
-FONT = "Helvetica"
+#: Arial's metrics: Graphviz measures text with the first family fontconfig finds (Arial, or its
+#: metric-compatible stand-ins Liberation Sans and Arimo), and browsers showing the SVG find one of
+#: the same list, so text fits the boxes dot sized for it. (Helvetica resolves to DejaVu Sans in
+#: fontconfig, which is far wider than the Helvetica or Arial a browser draws.)
+FONT = "Arial,Liberation Sans,Arimo,Helvetica,sans-serif"
+INPUT_LINE = "#333333"
+SWATCH_FRAME = "#333333"
+#: behind the text of a striped box, so that stripe boundaries do not cut through it
+LABEL_PLATE = "#FFFFFFCC"
 INSTALL_HINT = (
     "Graphviz's dot program is not installed (it renders .svg, .png and .pdf): install Graphviz "
     "(Debian/Ubuntu: sudo apt-get install graphviz; macOS: brew install graphviz; conda: conda install graphviz), "
@@ -71,6 +79,9 @@ class RenderOptions:
         compact: merge chains of consecutive layers with the same reach and
             status into one box with a count.
         command: the command line that produced the report (shown in HTML).
+        dpi: resolution of PNG output (Graphviz's ``dpi``, like ``keras.utils.plot_model``'s);
+            None keeps Graphviz's 96. Written into the DOT only when set; SVG, PDF and the HTML
+            report's inline SVG are vector and ignore it.
 
     Example:
         >>> RenderOptions(rankdir="LR").rankdir
@@ -83,10 +94,40 @@ class RenderOptions:
     expand_nested: bool = True
     compact: bool = False
     command: str | None = None
+    dpi: int | None = None
 
     def __post_init__(self) -> None:
         if self.rankdir not in RANKDIRS:
             raise OutputError(f"unknown rankdir {self.rankdir!r}; valid: {', '.join(RANKDIRS)}")
+        check_dpi(self.dpi)
+
+
+#: the resolutions --dpi accepts
+DPI_RANGE = (10, 1200)
+
+
+def check_dpi(dpi: int | None) -> None:
+    """Reject a resolution outside :data:`DPI_RANGE` (None: the default).
+
+    Example:
+        >>> check_dpi(300)
+
+    Raises:
+        OutputError: ``dpi`` is not a whole number within the range.
+    """
+    low, high = DPI_RANGE
+    if dpi is not None and (isinstance(dpi, bool) or not isinstance(dpi, int) or not low <= dpi <= high):
+        raise OutputError(f"dpi must be a whole number from {low} to {high} (got {dpi!r})")
+
+
+def vector_options(options: RenderOptions) -> RenderOptions:
+    """``options`` for a vector format (SVG, PDF): without ``dpi``, by which Graphviz would scale the size.
+
+    Example:
+        >>> vector_options(RenderOptions(dpi=300)).dpi is None
+        True
+    """
+    return replace(options, dpi=None) if options.dpi is not None else options
 
 
 # -- small pure helpers ---------------------------------------------------------
@@ -347,18 +388,46 @@ def _attrs(attrs: dict[str, str | float | int]) -> str:
 
 def _loss_label_text(report: Report, name: str) -> str:
     loss = next(l for l in report.losses if l.name == name)
-    return f"{loss.output or loss.name} · {loss.loss} · w={loss.weight:g} · {fmt(loss.value)}"
+    return f"{loss.output or loss.name} · {loss.loss} · weight {loss.weight:g} · loss {fmt(loss.value)}"
 
 
 def _norm_line(report: Report, info: LayerInfo) -> str:
-    parts = []
+    """The per-loss norms and Σ as a one-row table: each loss's swatch framed in dark grey, so that
+    it stands out even on a fill of its own colour.
+
+    Graphviz spreads a nested table's cells evenly over a wider line above it: each swatch and
+    its text form one cell (a table of their own) so that they stay together, and empty cells at
+    both ends take their share of the extra width. Gaps are cells, not spaces: a browser drops an
+    SVG text's leading and trailing spaces.
+    """
+    groups = []
     for loss in report.losses:
         norm = info.grad_norm.get(loss.name)
         if norm is None:
             continue
-        parts.append(f'<FONT COLOR="{loss.color}">■</FONT> {_h(loss.name)} {_h(fmt(norm))}')
-    parts.append(f"Σ {_h(fmt(info.combined_grad_norm))}")
-    return "  ".join(parts)
+        groups.append('<TD><TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="0"><TR>'
+                      f'<TD FIXEDSIZE="TRUE" WIDTH="9" HEIGHT="9" BGCOLOR="{loss.color}" BORDER="1" '
+                      f'COLOR="{SWATCH_FRAME}"></TD><TD WIDTH="3"></TD><TD ALIGN="LEFT">'
+                      f'<FONT POINT-SIZE="9">{_h(loss.name)} {_h(fmt(norm))}</FONT></TD></TR></TABLE></TD>')
+    groups.append(f'<TD ALIGN="LEFT"><FONT POINT-SIZE="9">Σ {_h(fmt(info.combined_grad_norm))}</FONT></TD>')
+    return ('<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="0"><TR><TD></TD>'
+            + '<TD WIDTH="8"></TD>'.join(groups) + "<TD></TD></TR></TABLE>")
+
+
+def _label(lines: Sequence[str], plate: bool = False) -> str:
+    """An HTML-like label with one table row per line.
+
+    Graphviz places ``<BR/>``-separated lines of different sizes too close
+    (the baseline step ignores the descent of a bold line, so its underscores
+    land on the line below); table rows are sized to their text. ``plate``
+    puts a translucent white plate behind the text (for striped boxes).
+    """
+    rows = "".join(f"<TR><TD>{line}</TD></TR>" for line in lines)
+    table = f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{rows}</TABLE>'
+    if plate:
+        table = (f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="3" BGCOLOR="{LABEL_PLATE}" '
+                 f'STYLE="rounded"><TR><TD>{table}</TD></TR></TABLE>')
+    return f"<{table}>"
 
 
 def _tooltip(report: Report, box: _Box) -> str:
@@ -394,14 +463,17 @@ def _node(report: Report, box: _Box, options: RenderOptions, colors: dict[str, s
         if loss.name in dead_heads:
             lines.append(f'<FONT COLOR="{WARNING_COLOR}">⚠ dead head: trains nothing</FONT>')
             attrs.update(color=WARNING_COLOR, peripheries=2)
-        attrs["label"] = "<" + "<BR/>".join(lines) + ">"
+        attrs["label"] = _label(lines)
         attrs["tooltip"] = f"loss {loss.name}: {loss.loss}, weight {loss.weight:g}, value {fmt(loss.value)}"
         return f"  {quote(box.id)} {_attrs(attrs)};"
     if box.kind == "op":
         lines = [_h(box.class_name)]
     elif box.kind == "run":
+        detail = f"×{len(box.members)}: {box.class_name}"
+        if info is not None and info.trainable_params:
+            detail += f" · {info.trainable_params:,} params"
         lines = [f"<B>{_h(_short(box, box.members[0]))} … {_h(_short(box, box.members[-1]))}</B>",
-                 f'<FONT POINT-SIZE="9">×{len(box.members)}: {_h(box.class_name)}</FONT>']
+                 f'<FONT POINT-SIZE="9">{_h(detail)}</FONT>']
     else:
         detail = box.class_name
         if box.kind == "model":
@@ -415,14 +487,15 @@ def _node(report: Report, box: _Box, options: RenderOptions, colors: dict[str, s
         lines.append(f'<FONT POINT-SIZE="9">{_h(box.output_shape)}</FONT>')
     status = info.status if info is not None else "no-trainable-weights"
     if options.show_norms and info is not None and info.combined_grad_norm is not None:
-        lines.append(f'<FONT POINT-SIZE="9">{_norm_line(report, info)}</FONT>')
+        lines.append(_norm_line(report, info))
     if status in ("unreached", "dead"):
         lines.append(f'<FONT POINT-SIZE="9" COLOR="{WARNING_COLOR if status == "dead" else "#555555"}">'
                      f'{"⚠ dead: zero gradient" if status == "dead" else "unreached"}</FONT>')
 
     attrs["shape"] = "box"
+    plate = False
     if box.kind == "input":
-        attrs.update(style="rounded,filled", fillcolor="#F2F2F2", color="#666666")
+        attrs.update(style="rounded,filled", fillcolor="#FFFFFF", color=INPUT_LINE, penwidth=1.5)
     elif box.blocks_for and box.kind not in ("model", "run"):
         attrs.update(shape="octagon", style="filled", fillcolor="#FFFFFF", color=WARNING_COLOR, penwidth=2.0,
                      fontsize=9)
@@ -434,7 +507,9 @@ def _node(report: Report, box: _Box, options: RenderOptions, colors: dict[str, s
             weights = {l.name: l.weight for l in report.losses}
             fractions = stripe_fractions([abs(weights[k]) * (info.grad_norm.get(k) or 0.0) for k in reached])
             stripes = [f"{tint(colors[k])};{f:.3f}" for k, f in zip(reached[:-1], fractions[:-1])]
-            attrs.update(style="striped", fillcolor=":".join(stripes + [tint(colors[reached[-1]])]))
+            attrs.update(style="striped", fillcolor=":".join(stripes + [tint(colors[reached[-1]])]),
+                         margin="0.12,0.08")
+            plate = True
     elif status == "unreached":
         attrs.update(style="dashed,filled", fillcolor=UNREACHED_FILL, color=UNREACHED_LINE, fontcolor="#555555")
     elif status == "dead":
@@ -447,17 +522,19 @@ def _node(report: Report, box: _Box, options: RenderOptions, colors: dict[str, s
         attrs["peripheries"] = 2
     if small:
         attrs.update(fontsize=9, height=0.2, margin="0.06,0.02")
-    attrs["label"] = "<" + "<BR/>".join(lines) + ">"
+    attrs["label"] = _label(lines, plate)
     attrs["tooltip"] = _tooltip(report, box)
     return f"  {quote(box.id)} {_attrs(attrs)};"
 
 
 def _legend(report: Report, options: RenderOptions, shown: set[str]) -> str:
+    count = len(report.losses)
     rows = [f'<TD COLSPAN="2" ALIGN="LEFT"><B>{_h(report.model_name)}</B>: gradient flow of '
-            f'{sum(1 for l in report.losses if l.output is not None)} loss(es)</TD>']
+            f'{count} loss{"" if count == 1 else "es"}</TD>']
     for loss in report.losses:
         if loss.output is None:
-            what = f"{loss.name} · {loss.loss} · w={loss.weight:g} · {fmt(loss.value)} (not drawn as a fill)"
+            what = (f"{loss.name} · {loss.loss} · weight {loss.weight:g} · loss {fmt(loss.value)} "
+                    "(not drawn as a fill)")
         else:
             what = _loss_label_text(report, loss.name)
         rows.append(f'<TD FIXEDSIZE="TRUE" WIDTH="22" HEIGHT="12" BGCOLOR="{tint(loss.color)}" BORDER="1" '
@@ -471,6 +548,8 @@ def _legend(report: Report, options: RenderOptions, shown: set[str]) -> str:
         notes.append("red octagon, dashed edge: the operation blocks that loss's gradient")
     if "group" in shown:
         notes.append("double border: several layers drawn as one box")
+    if "cluster" in shown:
+        notes.append("dashed frame: the layers of a nested model")
     notes.append("edge width: log of the combined gradient norm of the nearest layer with weights upstream")
     # notes sit in the text column: a cell spanning both would widen the swatch column
     rows.extend(f'<TD></TD><TD ALIGN="LEFT"><FONT POINT-SIZE="9">{_h(note)}</FONT></TD>' for note in notes)
@@ -506,6 +585,8 @@ def build_dot(report: Report, options: RenderOptions = RenderOptions()) -> str:
         shown.add("blocked")
     if any(b.kind in ("model", "run") for b in view.boxes.values()):
         shown.add("group")
+    if any(b.parent for b in view.boxes.values()):
+        shown.add("cluster")
     if dead_heads:
         shown.add("dead")
 
@@ -514,6 +595,7 @@ def build_dot(report: Report, options: RenderOptions = RenderOptions()) -> str:
         "rankdir": options.rankdir, "fontname": FONT, "fontsize": 11, "nodesep": 0.3, "ranksep": 0.45,
         "labelloc": "t", "labeljust": "l", "bgcolor": "white", "pad": 0.2,
         "label": _legend(report, options, shown),
+        **({"dpi": options.dpi} if options.dpi is not None else {}),
     }).join(["graph ", ";"]))
     lines.append("  " + _attrs({"fontname": FONT, "fontsize": 11, "shape": "box", "height": 0.3,
                                 "margin": "0.12,0.07", "penwidth": 1.0}).join(["node ", ";"]))
@@ -532,8 +614,10 @@ def build_dot(report: Report, options: RenderOptions = RenderOptions()) -> str:
         for child in children:
             lines.append(f"{indent}subgraph {quote('cluster_' + child)} {{")
             lines.append(f"{indent}  " + _attrs({
-                "label": f"<<B>{_h(child.rsplit('/', 1)[-1])}</B> <FONT POINT-SIZE=\"9\">nested model</FONT>>",
-                "style": "rounded,dashed", "color": "#888888", "labeljust": "l",
+                # the model's name alone, small, at the left: a long label reaches the middle of the
+                # frame, where the edges into the nested model come in ("nested model" is in the legend)
+                "label": f"<<B>{_h(child.rsplit('/', 1)[-1])}</B>>", "fontsize": 10,
+                "style": "rounded,dashed", "color": "#888888", "labeljust": "l", "labelloc": "t",
             }).join(["graph ", ";"]))
             emit(child, indent + "  ")
             lines.append(f"{indent}}}")

@@ -32,8 +32,8 @@ def _dot(report: Report, options: RenderOptions) -> bytes:
 
 def _graphviz(fmt: str) -> Writer:
     def write(report: Report, options: RenderOptions) -> bytes:
-        from gradviz.output.diagram import build_dot, render
-        return render(build_dot(report, options), fmt)
+        from gradviz.output.diagram import build_dot, render, vector_options
+        return render(build_dot(report, options if fmt == "png" else vector_options(options)), fmt)
 
     return write
 

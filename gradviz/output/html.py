@@ -16,13 +16,11 @@ from collections import Counter
 from gradviz.core.findings import explanation
 from gradviz.core.report import STATUSES, Finding, LayerInfo, Report
 from gradviz.errors import GraphvizMissingError
-from gradviz.output.diagram import RenderOptions, build_dot, render
+from gradviz.output.diagram import RenderOptions, build_dot, render, vector_options
 from gradviz.output.text import fmt
-
-
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
-       margin: 2rem auto; max-width: 1200px; padding: 0 1rem; color: #222; line-height: 1.4; }
+       margin: 2rem auto; max-width: 1400px; padding: 0 1rem; color: #222; line-height: 1.4; }
 h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { font-size: 1.2rem; margin-top: 2rem; }
 .meta { color: #555; font-size: .9rem; }
 pre.command { background: #f4f4f4; padding: .6rem .8rem; border-radius: 4px; overflow-x: auto; }
@@ -45,6 +43,13 @@ table.sortable th[data-order="desc"]::after { content: " \\25BC"; }
 .finding.info { border-color: #56B4E9; }
 .finding .kind { font-weight: bold; } .finding .severity { text-transform: uppercase; font-size: .8rem; }
 .finding p { margin: .3rem 0; }
+.table-wrap { overflow-x: auto; max-width: 100%; }
+.layers table { font-size: .8rem; }
+.layers th, .layers td { padding: .2rem .35rem; white-space: nowrap; }
+.layers td.list { white-space: normal; min-width: 9em; }
+.item { white-space: nowrap; }
+.prefix { color: #888; }
+.share, .tag { color: #777; font-size: .85em; }
 """
 
 SORT_JS = """
@@ -94,14 +99,15 @@ def _swatch(color: str) -> str:
     return f'<span class="swatch" style="background:{_e(color)}"></span>'
 
 
-def _num_cell(value: float | None) -> str:
+def _num_cell(value: float | None, share: str | None = None) -> str:
     sort = "" if value is None else ("nan" if math.isnan(value) else repr(float(value)))
-    return f'<td class="num" data-sort="{_e(sort)}">{_e(fmt(value))}</td>'
+    extra = f' <span class="share">{_e(share)}</span>' if share is not None else ""
+    return f'<td class="num" data-sort="{_e(sort)}">{_e(fmt(value))}{extra}</td>'
 
 
 def _diagram(report: Report, options: RenderOptions) -> str:
     try:
-        svg = render(build_dot(report, options), "svg").decode("utf-8")
+        svg = render(build_dot(report, vector_options(options)), "svg").decode("utf-8")
     except GraphvizMissingError as e:
         return (f'<p class="note">No diagram: {_e(e)}. The tables below are complete; '
                 "re-run with Graphviz installed to include the diagram.</p>")
@@ -130,31 +136,47 @@ def _losses(report: Report) -> str:
 def _layers(report: Report) -> str:
     names = [l.name for l in report.losses]
     colors = {l.name: l.color for l in report.losses}
-    nested = any(info.parent for info in report.layers)
-    head = ["#", "layer", "class", "kind"] + (["model"] if nested else []) + ["params", "output shape"]
+    # The table has to fit a laptop's page: a nested model's name is the grey prefix of its layers'
+    # names, the kind (when not a layer) a grey tag after the class, and a loss's share sits beside
+    # its norm (no columns of their own).
+    head = ["#", "layer", "class", "params", "output shape"]
     cells = [f"<th>{_e(h)}</th>" if h not in ("#", "params") else f'<th class="num">{_e(h)}</th>' for h in head]
-    cells += [f'<th class="num">{_swatch(colors[n])}{_e(n)}</th>' for n in names]
-    cells += ['<th class="num">combined</th>', "<th>status</th>", "<th>reached by</th>", "<th>share</th>"]
+    cells += [f'<th class="num" title="gradient norm of {_e(n)}; on a shared layer, then its share of the '
+              f'applied gradient">{_swatch(colors[n])}{_e(n)}</th>' for n in names]
+    cells += ['<th class="num">combined</th>', "<th>status</th>", "<th>reached by</th>"]
     rows = []
     for index, info in enumerate(report.layers):
-        row = [f'<td class="num">{index}</td>', f"<td>{_e(info.name)}</td>", f"<td>{_e(info.class_name)}</td>",
-               f"<td>{_e(info.kind)}</td>"]
-        if nested:
-            row.append(f"<td>{_e(info.parent or '')}</td>")
+        kind = f' <span class="tag">{_e(info.kind)}</span>' if info.kind != "layer" else ""
+        row = [f'<td class="num">{index}</td>', _name_cell(info), f"<td>{_e(info.class_name)}{kind}</td>"]
         row.append(f'<td class="num" data-sort="{info.trainable_params}">{info.trainable_params:,}</td>')
         row.append(f"<td>{_e(info.output_shape)}</td>")
-        row += [_num_cell(info.grad_norm.get(n)) for n in names]
+        shares = dict(_share_items(info))
+        row += [_num_cell(info.grad_norm.get(n), shares.get(n)) for n in names]
         row.append(_num_cell(info.combined_grad_norm))
         row.append(f'<td class="status-{_e(info.status)}">{_e(info.status)}</td>')
-        row.append(f"<td>{_e(', '.join(info.reached_by))}</td>")
-        row.append(f"<td>{_e(_shares(info))}</td>")
+        row.append(_list_cell(list(info.reached_by)))
         rows.append("<tr>" + "".join(row) + "</tr>")
-    return (f'<table class="sortable"><thead><tr>{"".join(cells)}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table>")
+    return (f'<div class="table-wrap layers"><table class="sortable"><thead><tr>{"".join(cells)}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
-def _shares(info: LayerInfo) -> str:
-    return ", ".join(f"{k} {v:.0%}" for k, v in info.share.items() if math.isfinite(v)) if len(info.share) > 1 else ""
+def _share_items(info: LayerInfo) -> list[tuple[str, str]]:
+    """Each loss's share of the applied gradient, as a percentage, where it has one (shared layers)."""
+    return [(k, f"{v:.0%}") for k, v in info.share.items() if math.isfinite(v)] if len(info.share) > 1 else []
+
+
+def _name_cell(info: LayerInfo) -> str:
+    """The layer's name; a nested model's prefix (``encoder/``) in grey."""
+    if info.parent and info.name.startswith(info.parent + "/"):
+        prefix = info.parent + "/"
+        return f'<td><span class="prefix">{_e(prefix)}</span>{_e(info.name[len(prefix):])}</td>'
+    return f"<td>{_e(info.name)}</td>"
+
+
+def _list_cell(items: list[str]) -> str:
+    """A table cell listing ``items``: it may wrap between items, never inside one."""
+    inner = ", ".join(f'<span class="item">{_e(item)}</span>' for item in items)
+    return f'<td class="list">{inner}</td>'
 
 
 def _finding(finding: Finding) -> str:
@@ -190,7 +212,8 @@ def build_html(report: Report, options: RenderOptions = RenderOptions()) -> str:
     meta = report.meta
     source = meta.get("source") or report.model_name
     mode = "training" if meta.get("training", True) else "inference"
-    details = (f"{len(report.losses)} loss(es) · batch {meta.get('batch_size')} × {meta.get('batches')} · "
+    count = len(report.losses)
+    details = (f"{count} loss{'' if count == 1 else 'es'} · batch {meta.get('batch_size')} × {meta.get('batches')} · "
                f"{meta.get('data', 'synthetic')} data · {mode} mode · Keras {meta.get('keras_version', '?')}")
     body = [
         f"<h1>gradviz: {_e(source)}</h1>",
@@ -206,7 +229,8 @@ def build_html(report: Report, options: RenderOptions = RenderOptions()) -> str:
         body.append("<p>No findings: every loss reaches its layers with a nonzero gradient.</p>")
     body += [
         "<h2>Layers</h2>",
-        f"<p>{_e(_counts(report))} Gradient L2 norm of each unweighted loss; combined = what training applies; "
+        f"<p>{_e(_counts(report))} Gradient L2 norm of each unweighted loss (on shared layers, followed by the "
+        "loss's share of the applied gradient); combined = what training applies; "
         "'-' = no gradient exists. Click a column to sort.</p>",
         _layers(report),
     ]

@@ -15,7 +15,9 @@ output ``inspect --loss-weight`` writes.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -66,7 +68,8 @@ def write(what_if: WhatIf, path: str | Path, kind: str, options: RenderOptions |
     if kind == JSON:
         return output.write_bytes(path, (what_if.to_json() + "\n").encode())
     if kind == "plot":
-        return output.write_bytes(path, plot(what_if, Path(path).suffix.lstrip(".").lower()))
+        dpi = options.dpi if options is not None else None
+        return output.write_bytes(path, plot(what_if, Path(path).suffix.lstrip(".").lower(), dpi=dpi))
     chosen = what_if.scenarios[1] if what_if.tries else what_if.scenarios[0]
     return output.write(what_if.report(chosen), path, None, options)
 
@@ -165,6 +168,21 @@ def summary(what_if: WhatIf, *, width: int = 120, color: bool = False) -> str:
     return buffer.getvalue()
 
 
+def _minor_log_label(ax: Any) -> Callable[[float, Any], str]:
+    """Labels for a log axis's minor ticks: all of them within a decade, 2 and 5 within two, none beyond
+    (matplotlib's own thresholds), written as plain numbers."""
+
+    def label(value: float, _: Any) -> str:
+        low, high = sorted(ax.get_ylim())
+        decades = math.log10(high / low) if low > 0 else math.inf
+        mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9)) if value > 0 else 0
+        if decades <= 1 or (decades <= 2 and mantissa in (2, 5)):
+            return f"{value:g}"
+        return ""
+
+    return label
+
+
 def _share(scenario: Scenario, name: str) -> str:
     if scenario.trunk is None or name not in scenario.trunk.share:
         return "-"
@@ -174,11 +192,38 @@ def _share(scenario: Scenario, name: str) -> str:
 # -- the sweep plot ------------------------------------------------------------------------------
 
 
-def plot(what_if: WhatIf, fmt_name: str = "png") -> bytes:
+#: resolution of the sweep plot's PNG unless ``--dpi`` says otherwise
+PLOT_DPI = 120
+
+
+def plot(what_if: WhatIf, fmt_name: str = "png", dpi: int | None = None) -> bytes:
     """The sweep plot: each loss's share of the trunk's gradient against the swept weight.
 
     One panel per ``--sweep``; the trunk's combined gradient norm on a second
-    axis (dashed), the current weight marked. Colours: :attr:`WhatIf.colors`.
+    axis (dashed), the current weight marked above the panel, one legend
+    below the panels (outside them, so no line crosses it). Colours:
+    :attr:`WhatIf.colors`.
+
+    Args:
+        what_if: the scenarios, with at least one sweep.
+        fmt_name: ``png`` or ``svg``.
+        dpi: resolution of a PNG (default :data:`PLOT_DPI`).
+
+    Raises:
+        OutputError: no sweep, or no trunk to show shares of.
+    """
+    figure = sweep_figure(what_if)
+    buffer = io.BytesIO()
+    metadata = {"Date": None} if fmt_name == "svg" else {}
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.hashsalt": "gradviz"}):
+        figure.savefig(buffer, format=fmt_name, metadata=metadata, dpi=dpi or PLOT_DPI)
+    return buffer.getvalue()
+
+
+def sweep_figure(what_if: WhatIf) -> Any:
+    """The matplotlib ``Figure`` :func:`plot` saves (Agg canvas attached).
 
     Raises:
         OutputError: no sweep, or no trunk to show shares of.
@@ -189,6 +234,7 @@ def plot(what_if: WhatIf, fmt_name: str = "png") -> bytes:
         raise OutputError("no layer is shared by two losses: there is no trunk share to plot")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     names = what_if.loss_names
     colors = what_if.colors
@@ -205,13 +251,15 @@ def plot(what_if: WhatIf, fmt_name: str = "png") -> bytes:
             ax.plot(xs, ys, marker="o", markersize=3, color=colors[name], label=f"share {name}")
         ax.axhline(0.0, color="#000000", linewidth=0.6)
         ax.axvline(current[sweep.loss], color="#555555", linestyle=":", linewidth=1)
+        # above the panel, where no share line runs
         ax.annotate("current", (current[sweep.loss], 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(3, -12), textcoords="offset points", fontsize=8, color="#555555")
+                    xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=8,
+                    color="#555555", annotation_clip=False)
         if sweep.scale == "log":
             ax.set_xscale("log")
         ax.set_xlabel(f"weight of '{sweep.loss}' (other weights as now)")
         ax.set_ylabel("share of the trunk's gradient")
-        ax.set_title(f"Trunk gradient shares, sweeping '{sweep.loss}'", fontsize=10)
+        ax.set_title(f"Trunk gradient shares, sweeping '{sweep.loss}'", fontsize=10, pad=14)
         norm_ax = ax.twinx()
         norms = [s.trunk.combined_grad_norm if s.trunk and s.trunk.combined_grad_norm is not None else float("nan")
                  for s in points]
@@ -219,13 +267,11 @@ def plot(what_if: WhatIf, fmt_name: str = "png") -> bytes:
         norm_ax.set_ylabel("trunk combined gradient norm (dashed)")
         if sweep.scale == "log" and all(n > 0 for n in norms):
             norm_ax.set_yscale("log")
-        lines = ax.get_legend_handles_labels()
-        extra = norm_ax.get_legend_handles_labels()
-        ax.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=8, loc="best")
-    buffer = io.BytesIO()
-    metadata = {"Date": None} if fmt_name == "svg" else {}
-    import matplotlib
-
-    with matplotlib.rc_context({"svg.hashsalt": "gradviz"}):
-        figure.savefig(buffer, format=fmt_name, metadata=metadata, dpi=120)
-    return buffer.getvalue()
+            # 0.5, 2, 3 rather than 5x10^-1, 2x10^0
+            norm_ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            norm_ax.yaxis.set_minor_formatter(FuncFormatter(_minor_log_label(norm_ax)))
+    lines = axes[0].get_legend_handles_labels()
+    extra = norm_ax.get_legend_handles_labels()
+    figure.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=8, loc="outside lower center",
+                  ncols=len(lines[0]) + len(extra[0]), frameon=False)
+    return figure
