@@ -169,20 +169,28 @@ def _dataset(loaded: Any, topo: Any, outputs: list[str], spec: LossSpec, *, batc
     targets = _target_infos(loaded.model, outputs, spec, loaded.custom_objects)
     if data is not None:
         return data_mod.load_npz(data, inputs, targets, batch_size=batch_size, batches=batches)
-    return data_mod.synthetic(inputs, targets, batch_size=batch_size, batches=batches, seed=seed)
+    from gradviz.topology import sequence_limit
+
+    # unknown sequence lengths no longer than the model's position embeddings take
+    unknown_dim = min(data_mod.UNKNOWN_DIM, sequence_limit(topo) or data_mod.UNKNOWN_DIM)
+    return data_mod.synthetic(inputs, targets, batch_size=batch_size, batches=batches, seed=seed,
+                              unknown_dim=unknown_dim)
 
 
 def _input_infos(model: Any, topo: Any) -> list[Any]:
+    """The model's inputs in gradviz's flat order (Keras's: dict keys sorted), named as
+    ``topology.input_names`` names them; ``keras_structure.to_model_inputs`` packs them back."""
     from gradviz.data import TensorInfo
-    from gradviz.topology import input_id_ranges, input_names
+    from gradviz.keras_structure import flat_input_tensors
+    from gradviz.topology import input_id_ranges, input_names, input_value_ranges
 
     ranges = input_id_ranges(topo)
-    tensors = model.inputs if isinstance(model.inputs, (list, tuple)) else [model.inputs]
-    if isinstance(model.inputs, dict):
-        tensors = [model.inputs[k] for k in sorted(model.inputs)]
+    value_ranges = input_value_ranges(topo)
+    tensors = flat_input_tensors(model)
     names = input_names(model)
     return [
-        TensorInfo(name, tuple(t.shape), str(getattr(t, "dtype", "float32")), ranges.get(name))
+        TensorInfo(name, tuple(t.shape), str(getattr(t, "dtype", "float32")), ranges.get(name),
+                   value_range=value_ranges.get(name))
         for name, t in zip(names, tensors)
     ]
 

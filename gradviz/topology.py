@@ -176,18 +176,57 @@ def build_topology(model: keras.Model) -> Topology:
     return Topology(walker.graph, output_map, inputs, variables, walker.complete)
 
 
+#: weightless operations that pass integer ids on unchanged (an id input may go through them to its Embedding)
+_ID_PRESERVING = frozenset({"Reshape", "Flatten", "Permute", "GetItem", "Slice", "Squeeze", "ExpandDims",
+                            "RepeatVector", "Identity", "Masking"})
+
+
 def input_id_ranges(topology: Topology) -> dict[str, int]:
     """For each model input that feeds an Embedding (at any nesting depth), its vocabulary size.
 
     Synthetic data draws ids in ``[0, input_dim)`` for these inputs (the smallest
-    vocabulary when one input feeds several Embeddings).
+    vocabulary when one input feeds several Embeddings). The input reaches the
+    Embedding (or a subclass such as KerasHub's ``ReversibleEmbedding``, or a layer
+    with a ``vocabulary_size`` such as ``TokenAndPositionEmbedding``) directly, inside
+    a nested model, or through weightless operations that pass ids on unchanged
+    (reshape, slice, ...).
     """
     graph = topology.graph
     ranges: dict[str, int] = {}
     for name, node in topology.inputs.items():
-        dims = [graph.nodes[n]["input_dim"] for n in graph.successors(node) if graph.nodes[n].get("input_dim")]
+        dims: list[int] = []
+        stack, seen = list(graph.successors(node)), set()
+        while stack:
+            current = stack.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            attrs = graph.nodes[current]
+            if attrs.get("input_dim"):
+                dims.append(int(attrs["input_dim"]))
+            elif attrs.get("class_name") in _ID_PRESERVING and not attrs.get("trainable_params"):
+                stack.extend(graph.successors(current))
         if dims:
             ranges[name] = min(dims)
+    return ranges
+
+
+def sequence_limit(topology: Topology) -> int | None:
+    """The longest sequence the model's position embeddings take (the smallest of their lengths), or None."""
+    limits = [int(a["max_length"]) for _, a in topology.graph.nodes(data=True) if a.get("max_length")]
+    return min(limits) if limits else None
+
+
+def input_value_ranges(topology: Topology) -> dict[str, tuple[float, float]]:
+    """For inputs that feed an image preprocessor scaling pixels (``Rescaling``, KerasHub's
+    ``ImageConverter``), the raw range it expects: ``(0, 255)``."""
+    graph = topology.graph
+    ranges: dict[str, tuple[float, float]] = {}
+    for name, node in topology.inputs.items():
+        found = [graph.nodes[n]["value_range"] for n in graph.successors(node) if graph.nodes[n].get("value_range")]
+        if found:
+            low, high = found[0]
+            ranges[name] = (float(low), float(high))
     return ranges
 
 
@@ -277,7 +316,9 @@ class _Walker:
             activation=getattr(activation, "__name__", None) if activation is not None else None,
             compute_dtype=str(getattr(op, "compute_dtype", "") or ""),
             blocks_gradient=_is_blocking(op),
-            input_dim=int(getattr(op, "input_dim", 0) or 0) if type(op).__name__ == "Embedding" else None,
+            input_dim=_vocabulary_size(op),
+            max_length=_position_limit(op),
+            value_range=_pixel_range(op),
         )
         self.discovery[name] = len(self.discovery)
         self.owner.setdefault(id(op), name)
@@ -370,6 +411,49 @@ class _Walker:
             self.graph.nodes[owner]["trainable_params"] += _size(variable)
             result.append(VariableInfo(path, owner, tuple(int(d) for d in variable.shape)))
         return tuple(result)
+
+
+def _class_names(op: Any) -> set[str]:
+    return {cls.__name__ for cls in type(op).__mro__}
+
+
+def _vocabulary_size(op: Any) -> int | None:
+    """The ids a layer takes: an Embedding's (or a subclass's, e.g. KerasHub's ReversibleEmbedding)
+    ``input_dim``, or a token layer's ``vocabulary_size`` (KerasHub's TokenAndPositionEmbedding)."""
+    if "Embedding" in _class_names(op) and isinstance(getattr(op, "input_dim", None), int):
+        return int(op.input_dim) or None
+    size = getattr(op, "vocabulary_size", None)
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0 and hasattr(op, "trainable_variables"):
+        return size
+    return None
+
+
+def _position_limit(op: Any) -> int | None:
+    """The longest sequence a position embedding takes (KerasHub's ``sequence_length``)."""
+    if not any("Position" in name for name in _class_names(op)):
+        return None
+    length = getattr(op, "sequence_length", None)
+    return int(length) if isinstance(length, int) and not isinstance(length, bool) and length > 0 else None
+
+
+#: the raw pixel range assumed for an input a preprocessor rescales by about 1/255
+PIXEL_RANGE = (0.0, 255.0)
+
+
+def _pixel_range(op: Any) -> tuple[float, float] | None:
+    """``(0, 255)`` when ``op`` rescales pixels: a ``Rescaling`` or KerasHub ``ImageConverter`` whose
+    scale takes 255 to between 0.5 and 8 (1/255, 1/127.5, ImageNet's per-channel 1/(255 std))."""
+    if not _class_names(op) & {"Rescaling", "ImageConverter"}:
+        return None
+    scale = getattr(op, "scale", None)
+    values: list[Any] = list(scale) if isinstance(scale, (list, tuple)) else [scale]
+    try:
+        spans = [float(v) * PIXEL_RANGE[1] for v in values]
+    except (TypeError, ValueError):
+        return None
+    if spans and all(0.5 <= s <= 8.0 for s in spans):
+        return PIXEL_RANGE
+    return None
 
 
 def _has_output(layer: Any) -> bool:
