@@ -78,18 +78,23 @@ def check_report(report: Any, model: keras.Model, x: Any, y: Mapping[str, np.nda
     weight_norms = {v.path: float(np.linalg.norm(v.numpy())) for v in model.trainable_variables}
     by_path = {v.path: v for v in report.variables}
     assert len(by_path) == len(model.trainable_variables)
+    # Some gradients are exactly zero in exact arithmetic and float32 rounding noise in practice (an attention
+    # key bias: softmax ignores a constant added to every score; a bias before BatchNorm): both sides are then
+    # tiny, and compared to a floor a million times below the largest gradient of that loss.
     for loss, norms in tapes.items():
+        floor = 1e-6 * max((n for n in norms.values() if n is not None), default=0.0)
         for path, expected in norms.items():
             got = by_path[path].grad_norm[loss]
             if expected is None or got is None:
                 assert got is None and expected is None or (got or 0.0) == 0.0 == (expected or 0.0), (loss, path)
                 continue
-            assert abs(got - expected) <= rel * max(expected, 1e-7), (loss, path, got, expected)
+            assert abs(got - expected) <= rel * expected + floor, (loss, path, got, expected)
     y_list = y if isinstance(model.output, dict) else [y[n] for n in output_names]
     applied, keras_loss = keras_step(model, x, y_list)
     weighted = sum(l.weight * l.value for l in report.losses)
     assert abs(weighted - keras_loss) <= rel * abs(keras_loss), (weighted, keras_loss)
     checked = 0
+    floor = 1e-6 * max(float(np.linalg.norm(d)) for d in applied.values())
     for path, delta in applied.items():
         var = by_path[path]
         norm = float(np.linalg.norm(delta))
@@ -97,6 +102,21 @@ def check_report(report: Any, model: keras.Model, x: Any, y: Mapping[str, np.nda
             assert norm == 0.0, path
             continue
         rounding = 2e-7 * weight_norms[path]  # the float32 update w - g is rounded to w's precision
-        assert abs(var.combined_grad_norm - norm) <= rel * norm + rounding, (path, var.combined_grad_norm, norm)
+        assert abs(var.combined_grad_norm - norm) <= rel * norm + rounding + floor, (path, var.combined_grad_norm, norm)
         checked += 1
     return checked
+
+
+def gradviz_synthetic(model: keras.Model, batch_size: int, seed: int = 0) -> tuple[dict[str, np.ndarray],
+                                                                                  dict[str, np.ndarray]]:
+    """The synthetic inputs (by input name) and targets (by output) gradviz makes up for ``model``, as
+    ``gradviz.analyze(model, batch_size=..., seed=...)`` uses them."""
+    from gradviz import api, topology
+    from gradviz.loading import from_model
+
+    loaded = from_model(model)
+    topo = topology.build_topology(model)
+    outputs = list(topo.outputs)
+    spec = api._spec(loaded, outputs, None, {}, topo)
+    data = api._dataset(loaded, topo, outputs, spec, batch_size=batch_size, batches=1, seed=seed)
+    return dict(zip(topology.input_names(model), data.x)), dict(data.y)

@@ -16,10 +16,10 @@ import pytest
 from keras import layers
 
 import gradviz
-from gradviz import api, topology
+from gradviz import topology
 from gradviz.errors import DataError
 from gradviz.keras_structure import flat_input_tensors, input_structure, to_model_inputs
-from independent import check_report, write_npz
+from independent import check_report, gradviz_synthetic, write_npz
 
 SGD = keras.optimizers.SGD  # learning rate 1: the weight change is minus the applied gradient
 
@@ -164,16 +164,12 @@ def test_structure_from_synthetic_data_matches_tapes_and_keras_step(case: str, t
     model = build()
     synthetic = gradviz.analyze(model, batch_size=6, seed=3)
     # the very arrays the synthetic run used, written out and passed by name
-    loaded = gradviz.loading.from_model(model)
-    topo = topology.build_topology(model)
-    spec = api._spec(loaded, list(topo.outputs), None, {}, topo)
-    data = api._dataset(loaded, topo, list(topo.outputs), spec, batch_size=6, batches=1, seed=3)
-    arrays = dict(zip(topology.input_names(model), data.x))
-    from_file = gradviz.analyze(model, data=write_npz(tmp_path / "s.npz", arrays, dict(data.y)), batch_size=6)
+    arrays, y = gradviz_synthetic(model, 6, seed=3)
+    from_file = gradviz.analyze(model, data=write_npz(tmp_path / "s.npz", arrays, y), batch_size=6)
     assert [v.combined_grad_norm for v in synthetic.variables] == [v.combined_grad_norm for v in from_file.variables]
     if case == "unsorted_dict":
         assert arrays["text"].max() < 30  # ids below the Embedding's vocabulary
-    assert check_report(synthetic, model, pack(arrays), dict(data.y), LOSSES) == len(model.trainable_variables)
+    assert check_report(synthetic, model, pack(arrays), y, LOSSES) == len(model.trainable_variables)
 
 
 def test_unsorted_dict_through_the_cli(cli: Any, tmp_path: Path) -> None:

@@ -13,18 +13,13 @@ import pytest
 from keras import layers, ops
 
 import gradviz
-from gradviz import api, topology
 from gradviz.errors import DataError
-from gradviz.loading import from_model
+from independent import gradviz_synthetic
 
 
 def synthetic_inputs(model: keras.Model, batch_size: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
     """The synthetic inputs gradviz feeds ``model``, by input name."""
-    loaded = from_model(model)
-    topo = topology.build_topology(model)
-    spec = api._spec(loaded, list(topo.outputs), None, {}, topo)
-    data = api._dataset(loaded, topo, list(topo.outputs), spec, batch_size=batch_size, batches=1, seed=seed)
-    return dict(zip(topology.input_names(model), data.x))
+    return gradviz_synthetic(model, batch_size, seed)[0]
 
 
 def _two_heads(h: Any, inputs: Any, name: str) -> keras.Model:
