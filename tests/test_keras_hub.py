@@ -246,3 +246,40 @@ def test_saved_bert_through_the_cli_with_npz_and_synthetic(cli: Any, tmp_path: P
         assert result.exit_code == 0, result.stderr
         assert '"bert_backbone/transformer_layer_0"' not in result.stdout  # the own-graph wiring: no prefix
         assert '"transformer_layer_0"' in result.stdout and '"status": "shared"' in result.stdout
+
+
+# -- tied embeddings: drawn as two calls, counted once ---------------------------------------------------------
+
+
+def test_tied_embedding_is_drawn_per_call_and_counted_once() -> None:
+    import re
+
+    import networkx as nx
+
+    from gradviz.render import RenderOptions, build_dot
+
+    model = causal_lm_heads()
+    report = gradviz.analyze(model, batch_size=4)
+    emb = "gpt2_causal_lm/gpt2_backbone/token_embedding"
+    assert [l.name for l in report.layers].count(emb) == 1 and report.layer(emb).status == "shared"
+    params = report.layer(emb).trainable_params
+    assert params == VOCAB * 8
+    shared = [l for l in report.layers if l.status == "shared"]
+    assert report.trunk is not None and report.trunk.trainable_params == sum(l.trainable_params for l in shared)
+    assert report.trunk.trainable_params == sum(int(np.prod(v.shape)) for v in model.trainable_variables) - 41  # aux
+
+    dot = build_dot(report)
+    edges = [(s, t) for s, t, a in re.findall(r'^\s+"([^"]+)" -> "([^"]+)" \[(.*)\];$', dot, re.M)
+             if "same weights" not in a]
+    assert ("gpt2_causal_lm/gpt2_backbone/layer_norm", f"{emb}#2") in edges
+    assert (f"{emb}#2", "loss:next_token") in edges and ("token_ids", emb) in edges
+    assert ("gpt2_causal_lm/gpt2_backbone/layer_norm", emb) not in edges  # the loop of the single node
+    assert nx.is_directed_acyclic_graph(nx.DiGraph(edges))
+    assert re.search(rf'"{re.escape(emb)}" -> "{re.escape(emb)}#2" \[style="dashed".*label="same weights"', dot)
+    # the later call is drawn in the task model, outside the backbone, named from there
+    cluster = dot[dot.index('subgraph "cluster_gpt2_causal_lm"'):dot.index('subgraph "cluster_gpt2_causal_lm/gpt2_backbone"')]
+    assert f'"{emb}#2"' in cluster and "<B>gpt2_backbone/token_embedding#2</B>" in cluster
+    labels = " ".join(re.findall(r"label=(<.*?>)[,\]]", dot))
+    assert labels.count(f"{params} params") == 1
+    for options in (RenderOptions(compact=True), RenderOptions(expand_nested=False)):
+        build_dot(report, options)  # draws without error in the other views
