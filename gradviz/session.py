@@ -121,18 +121,18 @@ class Session:
 
     def input_infos(self) -> list[TensorInfo]:
         """The model's inputs as data must match them (name, shape, dtype, id range)."""
-        from gradviz.core.graph import input_id_ranges
+        from gradviz.core.graph import input_id_ranges, input_value_ranges
         from gradviz.data import TensorInfo
+        from gradviz.model.keras_structure import flat_input_tensors
         from gradviz.model.topology import input_names
 
+        # gradviz's flat order (Keras's: dict keys sorted); keras_structure.to_model_inputs packs them back
         ranges = input_id_ranges(self.topology)
-        inputs = self.model.inputs
-        tensors = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-        if isinstance(inputs, dict):
-            tensors = [inputs[k] for k in sorted(inputs)]
+        value_ranges = input_value_ranges(self.topology)
         return [
-            TensorInfo(name, tuple(t.shape), str(getattr(t, "dtype", "float32")), ranges.get(name))
-            for name, t in zip(input_names(self.model), tensors)
+            TensorInfo(name, tuple(t.shape), str(getattr(t, "dtype", "float32")), ranges.get(name),
+                       value_range=value_ranges.get(name))
+            for name, t in zip(input_names(self.model), flat_input_tensors(self.model))
         ]
 
     def target_infos(self) -> list[TensorInfo]:
@@ -160,8 +160,12 @@ class Session:
         if data is not None:
             return data_mod.load_npz(data, self.input_infos(), self.target_infos(), batch_size=batch_size,
                                      batches=batches)
+        from gradviz.core.graph import sequence_limit
+
+        # unknown sequence lengths no longer than the model's position embeddings take
+        unknown_dim = min(data_mod.UNKNOWN_DIM, sequence_limit(self.topology) or data_mod.UNKNOWN_DIM)
         return data_mod.synthetic(self.input_infos(), self.target_infos(), batch_size=batch_size, batches=batches,
-                                  seed=seed)
+                                  seed=seed, unknown_dim=unknown_dim)
 
     def run(
         self,

@@ -210,6 +210,8 @@ def _annotated_graph(topology: Topology, layers: list[LayerInfo], losses: list[L
         source = topology.outputs.get(loss.output)
         if source:
             graph.add_edge(source, node, shape="")
+            if "call_scopes" in graph.nodes[source]:  # a reused layer: which of its calls gives the output
+                graph.edges[source, node]["calls"] = [[topology.output_calls.get(loss.output, 1), 1]]
     return graph
 
 

@@ -5,7 +5,7 @@ networkx only: the analysis and the outputs read this, never Keras.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import networkx as nx
 
@@ -41,6 +41,8 @@ class Topology:
         inputs: model input name -> graph node.
         variables: one entry per trainable variable, in model order.
         complete: False when part of the model could not be walked (subclassed).
+        output_calls: for an output produced by a later call of a reused layer (a tied embedding's
+            output projection), the number of that call; outputs of first calls are not listed.
     """
 
     graph: nx.DiGraph
@@ -48,6 +50,7 @@ class Topology:
     inputs: dict[str, str]
     variables: tuple[VariableInfo, ...]
     complete: bool = True
+    output_calls: dict[str, int] = field(default_factory=dict)
 
     @property
     def layer_names(self) -> list[str]:
@@ -56,16 +59,55 @@ class Topology:
 
 
 
+#: weightless operations that pass integer ids on unchanged (an id input may go through them to its Embedding)
+_ID_PRESERVING = frozenset({"Reshape", "Flatten", "Permute", "GetItem", "Slice", "Squeeze", "ExpandDims",
+                            "RepeatVector", "Identity", "Masking"})
+
+
 def input_id_ranges(topology: Topology) -> dict[str, int]:
     """For each model input that feeds an Embedding (at any nesting depth), its vocabulary size.
 
     Synthetic data draws ids in ``[0, input_dim)`` for these inputs (the smallest
-    vocabulary when one input feeds several Embeddings).
+    vocabulary when one input feeds several Embeddings). The input reaches the
+    Embedding (or a subclass such as KerasHub's ``ReversibleEmbedding``, or a layer
+    with a ``vocabulary_size`` such as ``TokenAndPositionEmbedding``) directly, inside
+    a nested model, or through weightless operations that pass ids on unchanged
+    (reshape, slice, ...).
     """
     graph = topology.graph
     ranges: dict[str, int] = {}
     for name, node in topology.inputs.items():
-        dims = [graph.nodes[n]["input_dim"] for n in graph.successors(node) if graph.nodes[n].get("input_dim")]
+        dims: list[int] = []
+        stack, seen = list(graph.successors(node)), set()
+        while stack:
+            current = stack.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            attrs = graph.nodes[current]
+            if attrs.get("input_dim"):
+                dims.append(int(attrs["input_dim"]))
+            elif attrs.get("class_name") in _ID_PRESERVING and not attrs.get("trainable_params"):
+                stack.extend(graph.successors(current))
         if dims:
             ranges[name] = min(dims)
+    return ranges
+
+
+def sequence_limit(topology: Topology) -> int | None:
+    """The longest sequence the model's position embeddings take (the smallest of their lengths), or None."""
+    limits = [int(a["max_length"]) for _, a in topology.graph.nodes(data=True) if a.get("max_length")]
+    return min(limits) if limits else None
+
+
+def input_value_ranges(topology: Topology) -> dict[str, tuple[float, float]]:
+    """For inputs that feed an image preprocessor scaling pixels (``Rescaling``, KerasHub's
+    ``ImageConverter``), the raw range it expects: ``(0, 255)``."""
+    graph = topology.graph
+    ranges: dict[str, tuple[float, float]] = {}
+    for name, node in topology.inputs.items():
+        found = [graph.nodes[n]["value_range"] for n in graph.successors(node) if graph.nodes[n].get("value_range")]
+        if found:
+            low, high = found[0]
+            ranges[name] = (float(low), float(high))
     return ranges

@@ -1,5 +1,14 @@
 """The batches gradviz runs on: from an ``.npz`` file or seeded synthetic data."""
 
-from gradviz.data.arrays import Data, TensorInfo, check_counts, load_npz, synthetic
+from gradviz.data.arrays import (
+    GUESSED_IDS,
+    UNKNOWN_DIM,
+    Data,
+    TensorInfo,
+    check_counts,
+    is_mask,
+    load_npz,
+    synthetic,
+)
 
-__all__ = ["Data", "TensorInfo", "check_counts", "load_npz", "synthetic"]
+__all__ = ["GUESSED_IDS", "UNKNOWN_DIM", "Data", "TensorInfo", "check_counts", "is_mask", "load_npz", "synthetic"]

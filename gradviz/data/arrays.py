@@ -2,8 +2,9 @@
 
 ``.npz`` keys are ``x`` / ``y`` for a single input / output, or
 ``x:<input name>`` and ``y:<output name>``. Synthetic inputs are standard
-normal floats, or integer ids within the vocabulary for inputs that feed an
-Embedding; synthetic targets suit each loss (0/1 for binary crossentropy,
+normal floats, integer ids within the vocabulary for inputs that feed an
+Embedding, ones for masks (inputs named ``*mask*``), pixel values for inputs
+a preprocessor rescales; synthetic targets suit each loss (0/1 for binary crossentropy,
 one-hot for categorical, class ids for sparse, positive values for Poisson,
 standard normal values for regression).
 """
@@ -19,6 +20,8 @@ import numpy as np
 
 from gradviz.errors import DataError  #: Size used for a dimension the model leaves unknown (e.g. sequence length).
 UNKNOWN_DIM = 16
+#: Synthetic integers for an input whose range gradviz cannot infer are drawn in [0, GUESSED_IDS).
+GUESSED_IDS = 10
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class TensorInfo:
         id_range: for integer inputs that feed an Embedding, the vocabulary size.
         kind: for outputs, the targets the loss expects (see :func:`gradviz.model.losses.target_kind`;
             ``classes``: one-hot or class ids, for ``crossentropy``, which Keras resolves by the targets).
+        value_range: for float inputs a preprocessor rescales, the raw range it expects (pixels: 0 to 255).
     """
 
     name: str
@@ -39,6 +43,7 @@ class TensorInfo:
     dtype: str
     id_range: int | None = None
     kind: str = "real"
+    value_range: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ class Data:
         batch_size: rows per batch.
         batches: number of batches.
         synthetic: whether gradviz made the data up.
+        guessed: synthetic integer inputs whose range gradviz could not infer (drawn in
+            ``[0, GUESSED_IDS)``): if the model fails on them, these need ``--data``.
     """
 
     x: tuple[np.ndarray, ...]
@@ -58,6 +65,7 @@ class Data:
     batch_size: int
     batches: int
     synthetic: bool
+    guessed: tuple[str, ...] = ()
 
     def batch(self, index: int) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
         """The inputs and targets of batch ``index``.
@@ -90,11 +98,16 @@ def synthetic(
     batch_size: int,
     batches: int,
     seed: int,
+    unknown_dim: int = UNKNOWN_DIM,
 ) -> Data:
     """Seeded data shaped from the model's inputs and suited to each loss.
 
     Uses its own ``numpy.random.Generator``: the caller's global random state
-    is left alone.
+    is left alone. Integer inputs take ids below their ``id_range``; masks
+    (inputs named ``*mask*``) are all ones, in their own dtype (no padding);
+    inputs with a ``value_range`` are uniform in it; other integer inputs are
+    drawn in ``[0, GUESSED_IDS)`` and listed in ``Data.guessed``. Dimensions
+    the model leaves unknown get ``unknown_dim`` entries.
 
     Example:
         >>> d = synthetic([TensorInfo("x", (None, 3), "float32")],
@@ -110,27 +123,45 @@ def synthetic(
     rng = np.random.default_rng(seed)
     rows = batch_size * batches
     xs = []
+    guessed = []
     for info in inputs:
-        shape = (rows,) + tuple(UNKNOWN_DIM if d is None else int(d) for d in info.shape[1:])
+        shape = (rows,) + tuple(unknown_dim if d is None else int(d) for d in info.shape[1:])
         if "str" in info.dtype or info.dtype == "object":
             raise DataError(
                 f"input '{info.name}' takes strings, which gradviz cannot make up; "
                 "pass --data FILE.npz with an array under 'x' or 'x:" + info.name + "'"
             )
-        if "int" in info.dtype or info.id_range is not None:
-            high = info.id_range if info.id_range else 10
+        if is_mask(info) and not info.id_range:
+            xs.append(np.ones(shape, dtype=bool if info.dtype == "bool" else info.dtype))
+        elif "int" in info.dtype or info.id_range is not None:
+            high = info.id_range if info.id_range else GUESSED_IDS
+            if not info.id_range:
+                guessed.append(info.name)
             dtype = info.dtype if "int" in info.dtype else "int32"
             xs.append(rng.integers(0, max(high, 1), size=shape).astype(dtype))
+        elif info.value_range is not None and "float" in info.dtype:
+            low, high_value = info.value_range
+            xs.append(rng.uniform(low, high_value, size=shape).astype(info.dtype))
         elif info.dtype == "bool":
             xs.append(rng.integers(0, 2, size=shape).astype(bool))
         else:
             xs.append(rng.standard_normal(shape).astype(info.dtype if "float" in info.dtype else "float32"))
-    ys = {info.name: _target(info, rows, rng) for info in targets}
-    return Data(tuple(xs), ys, batch_size, batches, True)
+    ys = {info.name: _target(info, rows, rng, unknown_dim) for info in targets}
+    return Data(tuple(xs), ys, batch_size, batches, True, tuple(guessed))
 
 
-def _target(info: TensorInfo, rows: int, rng: np.random.Generator) -> np.ndarray:
-    dims = tuple(UNKNOWN_DIM if d is None else int(d) for d in info.shape[1:])
+def is_mask(info: TensorInfo) -> bool:
+    """Whether an input is a mask (named ``*mask*``, e.g. KerasHub's ``padding_mask``): synthetic masks are ones.
+
+    Example:
+        >>> is_mask(TensorInfo("padding_mask", (None, None), "int32")), is_mask(TensorInfo("ids", (None, 4), "int32"))
+        (True, False)
+    """
+    return "mask" in info.name.lower()
+
+
+def _target(info: TensorInfo, rows: int, rng: np.random.Generator, unknown_dim: int = UNKNOWN_DIM) -> np.ndarray:
+    dims = tuple(unknown_dim if d is None else int(d) for d in info.shape[1:])
     classes = dims[-1] if dims else 1
     kind = "categorical" if info.kind == "classes" else info.kind  # one-hot, where ids would do too
     if kind == "categorical" and classes == 1:

@@ -417,6 +417,9 @@ def _explain_load_failure(file: Path, error: Exception) -> str:
         "m.h5 uses an unknown class or function 'FancyDense'; pass --custom-objects FILE.py with a Python file that defines it"
     """
     text = " ".join(str(error).split())
+    missing = _missing_module_hint(file, text)
+    if missing:
+        return missing
     match = _UNKNOWN_CLASS.search(text)
     name = next((group for group in match.groups() if group), None) if match else None
     if name in ("True", "False", "None"):  # a damaged value, not a class name
@@ -472,6 +475,61 @@ def _unknown_identifier_message(file: Path, identifier: str, name: str, kind: st
     listing = f"it defines: {', '.join(defined)}" if defined else "it defines no class or function"
     return (f"{file} uses an unknown class or function {what}, which {custom_objects_file} neither defines nor "
             f"registers ({listing})")
+
+
+# Keras's words for a class whose module does not import (.keras): "Could not deserialize class 'BertBackbone'
+# because its parent module keras_hub.src.models.bert.bert_backbone cannot be imported."
+_UNIMPORTABLE = re.compile(r"Could not deserialize class '([\w.>< -]+)' because its parent module ([\w.]+) cannot be imported")
+
+#: pip's names for packages whose import name differs
+PIP_NAMES = {
+    "keras_hub": "keras-hub",
+    "keras_nlp": "keras-nlp",
+    "keras_cv": "keras-cv",
+    "tensorflow_text": "tensorflow-text",
+    "tf_keras": "tf-keras",
+}
+
+
+def _missing_module_hint(file: Path, text: str) -> str | None:
+    """One line for a class whose module cannot be imported: which package to install, or --custom-objects.
+
+    Example:
+        >>> _missing_module_hint(Path("m.keras"), "Could not deserialize class 'BertBackbone' because its parent "
+        ...                      "module keras_nlp_missing.models cannot be imported. Full object config: ...")
+        "m.keras uses class 'BertBackbone' from keras_nlp_missing.models, but the package keras_nlp_missing is not installed: pip install keras_nlp_missing; or, if 'BertBackbone' is your own class, pass --custom-objects FILE.py with a Python file that defines it"
+    """
+    match = _UNIMPORTABLE.search(text)
+    if match is None:
+        return None
+    name, module = match.group(1), match.group(2)
+    top = module.split(".")[0]
+    if top == "__main__":  # defined in the script that saved the model
+        return (f"{file} uses class '{name}', defined in the script that saved the model; pass --custom-objects "
+                "FILE.py with a Python file that defines it")
+    try:
+        installed = importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        installed = False
+    if not installed:
+        where = f"{file} uses class '{name}' from {module}, but the package {top} is not installed"
+        if top in PIP_NAMES:
+            return f"{where}: pip install {PIP_NAMES[top]}"
+        return (f"{where}: pip install {top}; or, if '{name}' is your own class, pass --custom-objects FILE.py "
+                "with a Python file that defines it")
+    # Installed, yet the module does not import: say why (Keras has imported it already, so this runs no new code).
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        dependency = getattr(e, "name", None)
+        if dependency and dependency.split(".")[0] != top:
+            dep = dependency.split(".")[0]
+            return (f"{file} uses class '{name}' from {module}, which cannot be imported because {top} needs {dep}, "
+                    f"which is not installed: pip install {PIP_NAMES.get(dep, dep)}")
+        return f"{file} uses class '{name}' from {module}, which cannot be imported: {type(e).__name__}: {e}"
+    except Exception as e:  # the module itself fails while importing
+        return f"{file} uses class '{name}' from {module}, which fails to import: {type(e).__name__}: {e}"
+    return None
 
 
 def _is_keras_builtin(name: str) -> bool:

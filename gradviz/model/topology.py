@@ -7,7 +7,11 @@ versions gradviz supports, so a Keras upgrade breaks this one file.
 
 One graph node per layer *and* per ``keras.ops`` operation (StopGradient,
 Argmax, Cast, ...: where gradients get blocked). A layer called several times
-is one node with one edge per call. Nested functional and Sequential models
+(tied embeddings, a nested model called twice) is one node: it has one set of
+weights and one gradient. Its calls are kept apart for drawing: node attribute
+``call_scopes`` (where each call is made) and edge attribute ``calls`` (which
+call of each end an edge joins), present only on reused nodes and their
+edges. Nested functional and Sequential models
 are expanded; their layers are named ``<model>/<layer>`` and carry the nested
 model in ``parent``. Subclassed models cannot be walked and stay one node.
 """
@@ -116,12 +120,15 @@ def build_topology(model: keras.Model) -> Topology:
     walker = _Walker()
     names = output_names(model)
     if _functional_of(model) is not None:
-        inputs, outputs = walker.walk_functional(model, prefix="", sources=None)
+        inputs, produced = walker.walk_functional(model, prefix="", scope="", sources=None)
     elif getattr(model, "built", False) and hasattr(model, "layers"):
         inputs, outputs = walker.walk_opaque_children(model, len(names))
+        produced = [(name, 1) for name in outputs]
     else:
         raise ModelLoadError("the model is not built: call it on data or give it an Input before saving")
-    output_map = {name: outputs[i] for i, name in enumerate(names) if i < len(outputs)}
+    output_map = {name: produced[i][0] for i, name in enumerate(names) if i < len(produced)}
+    output_calls = {name: produced[i][1] for i, name in enumerate(names) if i < len(produced) and produced[i][1] > 1}
+    walker.finish_calls()
     variables = walker.assign_variables(model)
     try:
         ordered = list(nx.lexicographical_topological_sort(walker.graph, key=walker.discovery.__getitem__))
@@ -129,7 +136,9 @@ def build_topology(model: keras.Model) -> Topology:
         ordered = sorted(walker.graph, key=walker.discovery.__getitem__)
     order = {n: i for i, n in enumerate(ordered)}
     nx.set_node_attributes(walker.graph, order, "order")
-    return Topology(walker.graph, output_map, inputs, variables, walker.complete)
+    return Topology(walker.graph, output_map, inputs, variables, walker.complete, output_calls)
+
+
 
 
 def input_names(model: keras.Model) -> list[str]:
@@ -202,6 +211,8 @@ class _Walker:
         self.owner: dict[int, str] = {}  # id(layer) -> node name
         self.objects: dict[str, Any] = {}  # node name -> layer or op
         self.complete = True
+        self.call_scopes: dict[str, list[str]] = {}  # node name -> the scope of each of its calls
+        self.model_calls: dict[str, int] = {}  # nested model prefix -> how often it has been expanded
 
     def add_node(self, name: str, op: Any, kind: str, parent: str, output: Any) -> str:
         if name in self.graph:
@@ -218,24 +229,51 @@ class _Walker:
             activation=getattr(activation, "__name__", None) if activation is not None else None,
             compute_dtype=str(getattr(op, "compute_dtype", "") or ""),
             blocks_gradient=_is_blocking(op),
-            input_dim=int(getattr(op, "input_dim", 0) or 0) if type(op).__name__ == "Embedding" else None,
+            input_dim=_vocabulary_size(op),
+            max_length=_position_limit(op),
+            value_range=_pixel_range(op),
         )
         self.discovery[name] = len(self.discovery)
         self.owner.setdefault(id(op), name)
         self.objects[name] = op
         return name
 
-    def add_edge(self, source: str, target: str, tensor: Any) -> None:
+    def add_edge(self, source: str, target: str, tensor: Any, calls: tuple[int, int] = (1, 1)) -> None:
+        """An edge from call ``calls[0]`` of ``source`` to call ``calls[1]`` of ``target`` (1: the first call)."""
         if source != target:
-            self.graph.add_edge(source, target, shape=_shape_text(tensor))
+            if not self.graph.has_edge(source, target):
+                self.graph.add_edge(source, target, shape=_shape_text(tensor), calls=[])
+            pairs = self.graph.edges[source, target]["calls"]
+            if list(calls) not in pairs:
+                pairs.append(list(calls))
+
+    def add_call(self, name: str, scope: str) -> int:
+        """Record one more call of node ``name``, made inside ``scope`` (nested model calls, ``a/b#2``);
+        return its number (1 for the first)."""
+        scopes = self.call_scopes.setdefault(name, [])
+        scopes.append(scope)
+        return len(scopes)
+
+    def finish_calls(self) -> None:
+        """Keep call sites only where a node is called more than once: node attribute ``call_scopes`` (the scope
+        of each call) and edge attribute ``calls`` (pairs ``[source call, target call]``) on the edges of such
+        nodes. Graphs without reused layers carry neither."""
+        reused = {name for name, scopes in self.call_scopes.items() if len(scopes) > 1}
+        for name in reused:
+            self.graph.nodes[name]["call_scopes"] = list(self.call_scopes[name])
+        for source, target, attrs in self.graph.edges(data=True):
+            if source not in reused and target not in reused:
+                del attrs["calls"]
 
     def walk_functional(
-        self, model: Any, prefix: str, sources: list[str] | None
-    ) -> tuple[dict[str, str], list[str]]:
-        """Add a functional model's nodes; return its input map and output producers."""
+        self, model: Any, prefix: str, scope: str, sources: list[tuple[str, int]] | None
+    ) -> tuple[dict[str, str], list[tuple[str, int]]]:
+        """Add the nodes of one call of a functional model, made inside ``scope``; return its input map and
+        output producers. Sources and outputs are ``(node, call)`` pairs, so that a layer (or nested model)
+        called twice keeps its calls apart."""
         functional = _functional_of(model)
         parent = prefix.rstrip("/")
-        producer: dict[int, str] = {}
+        producer: dict[int, tuple[str, int]] = {}
         inputs: dict[str, str] = {}
         for i, tensor in enumerate(_flat(functional.inputs)):
             if sources is None:
@@ -243,17 +281,21 @@ class _Walker:
                 history = _history(tensor)
                 self.add_node(name, history[0] if history else tensor, "input", parent, tensor)
                 inputs[name] = name
-                producer[id(tensor)] = name
+                producer[id(tensor)] = (name, self.add_call(name, scope.rstrip("/")))
             elif i < len(sources):
                 producer[id(tensor)] = sources[i]
         for node in _nodes_in_order(functional):
             op = node.operation
             if type(op).__name__ == "InputLayer":
                 continue
-            in_nodes = [producer[id(t)] for t in node.input_tensors if id(t) in producer]
+            fed = [(producer[id(t)], t) for t in node.input_tensors if id(t) in producer]
             if _functional_of(op) is not None and hasattr(op, "trainable_variables") and op is not model:
-                # a nested model: expand it in place, fed by this call's inputs
-                _, outs = self.walk_functional(op, prefix=f"{prefix}{op.name}/", sources=in_nodes)
+                # a nested model: expand it in place, fed by this call's inputs; a second call of it gets its
+                # own scope (``encoder#2``) but the same node names
+                inner = f"{prefix}{op.name}/"
+                count = self.model_calls[inner] = self.model_calls.get(inner, 0) + 1
+                inner_scope = f"{scope}{op.name}" + (f"#{count}" if count > 1 else "") + "/"
+                _, outs = self.walk_functional(op, inner, inner_scope, [source for source, _ in fed])
                 for tensor, out in zip(_flat(node.outputs), outs):
                     producer[id(tensor)] = out
                 continue
@@ -265,11 +307,12 @@ class _Walker:
                 self.complete = False
             name = self.owner.get(id(op)) or f"{prefix}{op.name}"
             self.add_node(name, op, kind, parent, node.outputs)
-            for source, tensor in zip(in_nodes, node.input_tensors):
-                self.add_edge(source, name, tensor)
+            call = self.add_call(name, scope.rstrip("/"))
+            for (source, source_call), tensor in fed:
+                self.add_edge(source, name, tensor, (source_call, call))
             for tensor in _flat(node.outputs):
-                producer[id(tensor)] = name
-        outputs = [producer.get(id(t), "") for t in _flat(functional.outputs)]
+                producer[id(tensor)] = (name, call)
+        outputs = [producer.get(id(t), ("", 1)) for t in _flat(functional.outputs)]
         return inputs, outputs
 
     def walk_opaque_children(self, model: Any, n_outputs: int) -> tuple[dict[str, str], list[str]]:
@@ -311,6 +354,49 @@ class _Walker:
             self.graph.nodes[owner]["trainable_params"] += _size(variable)
             result.append(VariableInfo(path, owner, tuple(int(d) for d in variable.shape)))
         return tuple(result)
+
+
+def _class_names(op: Any) -> set[str]:
+    return {cls.__name__ for cls in type(op).__mro__}
+
+
+def _vocabulary_size(op: Any) -> int | None:
+    """The ids a layer takes: an Embedding's (or a subclass's, e.g. KerasHub's ReversibleEmbedding)
+    ``input_dim``, or a token layer's ``vocabulary_size`` (KerasHub's TokenAndPositionEmbedding)."""
+    if "Embedding" in _class_names(op) and isinstance(getattr(op, "input_dim", None), int):
+        return int(op.input_dim) or None
+    size = getattr(op, "vocabulary_size", None)
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0 and hasattr(op, "trainable_variables"):
+        return size
+    return None
+
+
+def _position_limit(op: Any) -> int | None:
+    """The longest sequence a position embedding takes (KerasHub's ``sequence_length``)."""
+    if not any("Position" in name for name in _class_names(op)):
+        return None
+    length = getattr(op, "sequence_length", None)
+    return int(length) if isinstance(length, int) and not isinstance(length, bool) and length > 0 else None
+
+
+#: the raw pixel range assumed for an input a preprocessor rescales by about 1/255
+PIXEL_RANGE = (0.0, 255.0)
+
+
+def _pixel_range(op: Any) -> tuple[float, float] | None:
+    """``(0, 255)`` when ``op`` rescales pixels: a ``Rescaling`` or KerasHub ``ImageConverter`` whose
+    scale takes 255 to between 0.5 and 8 (1/255, 1/127.5, ImageNet's per-channel 1/(255 std))."""
+    if not _class_names(op) & {"Rescaling", "ImageConverter"}:
+        return None
+    scale = getattr(op, "scale", None)
+    values: list[Any] = list(scale) if isinstance(scale, (list, tuple)) else [scale]
+    try:
+        spans = [float(v) * PIXEL_RANGE[1] for v in values]
+    except (TypeError, ValueError):
+        return None
+    if spans and all(0.5 <= s <= 8.0 for s in spans):
+        return PIXEL_RANGE
+    return None
 
 
 def _has_output(layer: Any) -> bool:

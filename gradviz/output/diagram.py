@@ -208,6 +208,10 @@ class _Box:
     members: list[str] = field(default_factory=list)
     blocks_for: list[str] = field(default_factory=list)
     output_shape: str = ""
+    #: for a later call of a reused layer or nested model: the box of its first call (which shows the params)
+    same_as: str = ""
+    #: the name to show when it is not the id's (later calls: ``token_embedding#2``)
+    label: str = ""
 
 
 @dataclass
@@ -215,6 +219,8 @@ class _View:
     boxes: dict[str, _Box]
     edges: list[tuple[str, str]]
     blocked: dict[tuple[str, str], list[str]]
+    #: (first call's box, later call's box) of reused layers: drawn as dashed "same weights" lines
+    same_weights: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _view(report: Report, options: RenderOptions) -> _View:
@@ -239,6 +245,7 @@ def _view(report: Report, options: RenderOptions) -> _View:
             info.name, info.kind, info.class_name, parent, info, [info.name],
             list(node.get("blocks_for", [])), info.output_shape,
         )
+    call_rep, same_weights = _call_sites(report, options, boxes, rep)
     for box in boxes.values():
         if box.kind == "model" and box.info is None:
             box.info = _group(report, box.id, box.members)
@@ -249,11 +256,97 @@ def _view(report: Report, options: RenderOptions) -> _View:
         if loss.output is not None and node_id in graph:
             rep[node_id] = node_id
             boxes[node_id] = _Box(node_id, "loss", "loss", "", None, [loss.name])
-    edges, blocked = _merged_edges(
-        ((source, target, graph.edges[source, target].get("blocked_for", [])) for source, target in report.edges), rep
-    )
-    view = _View(boxes, edges, blocked)
+    if call_rep:
+        ends = {box_id: box_id for box_id in boxes}
+        edges, blocked = _merged_edges(_edges_per_call(report, rep, call_rep), ends)
+        boxes = _topological(boxes, edges)
+    else:
+        edges, blocked = _merged_edges(
+            ((source, target, graph.edges[source, target].get("blocked_for", [])) for source, target in report.edges),
+            rep,
+        )
+    view = _View(boxes, edges, blocked, same_weights)
     return _compacted(report, view) if options.compact else view
+
+
+def _call_sites(report: Report, options: RenderOptions, boxes: dict[str, _Box],
+                rep: dict[str, str]) -> tuple[dict[tuple[str, int], str], list[tuple[str, str]]]:
+    """One box per later call of a reused layer (``name#2``, in the scope of that call), so that a tied
+    embedding or a backbone called twice reads top to bottom instead of as a loop.
+
+    The weights are one set with one gradient (the sum over the calls), so every call's box shows the
+    layer's figures; the parameters are shown (and counted, in the JSON's layers and trunk) once, on
+    the first call's box. With nested models collapsed, a later call of a nested model is one more
+    model box (``encoder#2``).
+
+    Returns:
+        The box of each ``(node, call)`` that is not its node's first call, and the (first, later) box
+        pairs to join with a dashed "same weights" line.
+    """
+    graph = report.graph
+    call_rep: dict[tuple[str, int], str] = {}
+    same_weights: list[tuple[str, str]] = []
+    for info in report.layers:
+        scopes = graph.nodes[info.name].get("call_scopes")
+        if not scopes:
+            continue
+        first = rep[info.name]
+        for call, scope in enumerate(scopes[1:], start=2):
+            if scope and not options.expand_nested:
+                box_id = scope.split("/")[0]
+                if box_id != first and box_id not in boxes:
+                    boxes[box_id] = _Box(box_id, "model", "model", "", None, same_as=first)
+                if box_id != first and info.name not in boxes[box_id].members:
+                    boxes[box_id].members.append(info.name)
+            else:
+                box_id = f"{info.name}#{call}"
+                base = boxes[first]
+                boxes[box_id] = _Box(box_id, base.kind, base.class_name, scope, base.info, [info.name],
+                                     list(base.blocks_for), base.output_shape, same_as=first,
+                                     label=_call_label(info.name, scope, call))
+            call_rep[(info.name, call)] = box_id
+            if box_id != first and (first, box_id) not in same_weights:
+                same_weights.append((first, box_id))
+    return call_rep, same_weights
+
+
+def _call_label(name: str, scope: str, call: int) -> str:
+    """A later call's name as its box shows it: relative to the nested model it is drawn in.
+
+    Example:
+        >>> _call_label("encoder/dense", "encoder#2", 2), _call_label("lm/backbone/emb", "lm", 2)
+        ('dense#2', 'backbone/emb#2')
+    """
+    base = "/".join(part.split("#")[0] for part in scope.split("/")) if scope else ""
+    short = name[len(base) + 1:] if base and name.startswith(base + "/") else name
+    return f"{short}#{call}"
+
+
+def _edges_per_call(report: Report, rep: dict[str, str],
+                    call_rep: dict[tuple[str, int], str]) -> Iterable[tuple[str, str, Sequence[str]]]:
+    """The report's edges between the boxes of the calls they join (edge attribute ``calls``)."""
+    graph = report.graph
+    for source, target in report.edges:
+        attrs = graph.edges[source, target]
+        blocked = attrs.get("blocked_for", [])
+        for source_call, target_call in attrs.get("calls") or [[1, 1]]:
+            yield (call_rep.get((source, source_call), rep[source]), call_rep.get((target, target_call), rep[target]),
+                   blocked)
+
+
+def _topological(boxes: dict[str, _Box], edges: list[tuple[str, str]]) -> dict[str, _Box]:
+    """The boxes in a stable topological order of the drawn edges (later calls join the flow where they are
+    called); as they are if the drawn edges still form a cycle."""
+    import networkx as nx
+
+    graph = nx.DiGraph(edges)
+    graph.add_nodes_from(boxes)
+    index = {box_id: i for i, box_id in enumerate(boxes)}
+    try:
+        order = list(nx.lexicographical_topological_sort(graph, key=index.__getitem__))
+    except nx.NetworkXUnfeasible:
+        return boxes
+    return {box_id: boxes[box_id] for box_id in order}
 
 
 def _group(report: Report, name: str, members: list[str]) -> LayerInfo | None:
@@ -315,14 +408,18 @@ def _compacted(report: Report, view: _View) -> _View:
         rep[box_id] = run_id
         if run_id in boxes:
             continue
-        members = [m for r in run for m in view.boxes[r].members]
+        members = list(dict.fromkeys(m for r in run for m in view.boxes[r].members))  # a layer's weights once
         classes = Counter(view.boxes[r].class_name for r in run)
         boxes[run_id] = _Box(
             run_id, "run", ", ".join(f"{n} {c}" for c, n in sorted(classes.items(), key=lambda kv: (-kv[1], kv[0]))),
             box.parent, _group(report, run_id, members), members, [], view.boxes[run[-1]].output_shape,
         )
+        ends = (view.boxes[run[0]], view.boxes[run[-1]])
+        if any(end.label for end in ends):  # a run of later calls: named as its boxes are
+            boxes[run_id].label = " … ".join(end.label or _short(end, end.id) for end in ends)
     edges, blocked = _merged_edges(((s, t, view.blocked[(s, t)]) for s, t in view.edges), rep)
-    return _View(boxes, edges, blocked)
+    same_weights = list(dict.fromkeys((rep[a], rep[b]) for a, b in view.same_weights if rep[a] != rep[b]))
+    return _View(boxes, edges, blocked, same_weights)
 
 
 def _merged_edges(
@@ -435,6 +532,8 @@ def _tooltip(report: Report, box: _Box) -> str:
     head = f"{box.id} ({box.class_name})"
     if box.kind in ("model", "run"):
         head += f", {len(box.members)} layers"
+    if box.same_as:
+        head += f"; called again: the same weights as {box.same_as}, whose figures (all calls together) it shows"
     if info is None:
         return head + ("; blocks the gradient of " + ", ".join(box.blocks_for) if box.blocks_for else "")
     norms = ", ".join(f"{k} {fmt(v)}" for k, v in info.grad_norm.items())
@@ -474,13 +573,17 @@ def _node(report: Report, box: _Box, options: RenderOptions, colors: dict[str, s
             detail += f" · {info.trainable_params:,} params"
         lines = [f"<B>{_h(_short(box, box.members[0]))} … {_h(_short(box, box.members[-1]))}</B>",
                  f'<FONT POINT-SIZE="9">{_h(detail)}</FONT>']
+        if box.label:
+            lines[0] = f"<B>{_h(box.label)}</B>"
     else:
         detail = box.class_name
         if box.kind == "model":
             detail = f"nested model · {len(box.members)} layers"
-        if info is not None and info.trainable_params:
+        if box.same_as:  # a later call: its parameters are the first call's, shown (and counted) there
+            detail += " · same weights"
+        elif info is not None and info.trainable_params:
             detail += f" · {info.trainable_params:,} params"
-        lines = [f"<B>{_h(_short(box, box.id))}</B>", f'<FONT POINT-SIZE="9">{_h(detail)}</FONT>']
+        lines = [f"<B>{_h(box.label or _short(box, box.id))}</B>", f'<FONT POINT-SIZE="9">{_h(detail)}</FONT>']
     if box.blocks_for:
         lines.append(f'<FONT COLOR="{WARNING_COLOR}">blocks {_h(", ".join(box.blocks_for))}</FONT>')
     if options.show_shapes and box.output_shape:
@@ -550,6 +653,9 @@ def _legend(report: Report, options: RenderOptions, shown: set[str]) -> str:
         notes.append("double border: several layers drawn as one box")
     if "cluster" in shown:
         notes.append("dashed frame: the layers of a nested model")
+    if "reused" in shown:
+        notes.append("name#2, dashed grey line: the same layer called again; one set of weights, "
+                     "so the same fill and figures, its params counted once")
     notes.append("edge width: log of the combined gradient norm of the nearest layer with weights upstream")
     # notes sit in the text column: a cell spanning both would widen the swatch column
     rows.extend(f'<TD></TD><TD ALIGN="LEFT"><FONT POINT-SIZE="9">{_h(note)}</FONT></TD>' for note in notes)
@@ -589,6 +695,8 @@ def build_dot(report: Report, options: RenderOptions = RenderOptions()) -> str:
         shown.add("cluster")
     if dead_heads:
         shown.add("dead")
+    if view.same_weights:
+        shown.add("reused")
 
     lines = [f"digraph {quote(report.model_name)} {{"]
     lines.append("  " + _attrs({
@@ -644,6 +752,12 @@ def build_dot(report: Report, options: RenderOptions = RenderOptions()) -> str:
             attrs.update(penwidth=1.2, style="dashed", color=WARNING_COLOR, fontcolor=WARNING_COLOR,
                          label=f"blocked: {', '.join(blocked)}")
         lines.append(f"  {quote(source)} -> {quote(target)} {_attrs(attrs)};")
+    for first, later in view.same_weights:
+        # not a data path: it does not rank the boxes (constraint=false) and has no arrowhead
+        lines.append(f"  {quote(first)} -> {quote(later)} " + _attrs({
+            "style": "dashed", "color": UNREACHED_LINE, "arrowhead": "none", "constraint": "false",
+            "penwidth": 1.0, "label": "same weights", "fontcolor": UNREACHED_LINE, "fontsize": 8,
+        }) + ";")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
