@@ -253,8 +253,9 @@ def _call_sites(report: Report, options: RenderOptions, boxes: dict[str, _Box],
                 box_id = scope.split("/")[0]
                 if box_id != first and box_id not in boxes:
                     boxes[box_id] = _Box(box_id, "model", "model", "", None, same_as=first)
-                if box_id != first and info.name not in boxes[box_id].members:
-                    boxes[box_id].members.append(info.name)
+                later = boxes[box_id]
+                if box_id != first and later.same_as and info.name not in later.members:
+                    later.members.append(info.name)  # only a later call's own box: others keep their figures
             else:
                 # the layer's own box, also when its first call is inside a collapsed nested model
                 box_id = f"{info.name}#{call}"
