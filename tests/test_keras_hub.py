@@ -38,14 +38,19 @@ def _text_inputs(names: list[str]) -> dict[str, Any]:
     return {n: keras.Input((None,), dtype="int32", name=n) for n in names}
 
 
+# Named explicitly: Keras numbers automatic names per process (gpt2_backbone_6), and the tests name layers.
+
+
 def _bert_backbone() -> Any:
     return keras_hub.models.BertBackbone(vocabulary_size=VOCAB, num_layers=1, num_heads=2, hidden_dim=8,
-                                         intermediate_dim=16, max_sequence_length=SEQ, dropout=0.0)
+                                         intermediate_dim=16, max_sequence_length=SEQ, dropout=0.0,
+                                         name="bert_backbone")
 
 
 def _gpt2_backbone() -> Any:
     return keras_hub.models.GPT2Backbone(vocabulary_size=VOCAB, num_layers=1, num_heads=2, hidden_dim=8,
-                                         intermediate_dim=16, max_sequence_length=SEQ, dropout=0.0)
+                                         intermediate_dim=16, max_sequence_length=SEQ, dropout=0.0,
+                                         name="gpt2_backbone")
 
 
 def bert_heads(wiring: str = "own") -> keras.Model:
@@ -116,7 +121,7 @@ def classifier_trunk() -> keras.Model:
 def causal_lm_heads() -> keras.Model:
     """GPT2CausalLM: its output projection is the token embedding reversed (tied weights); plus an aux head."""
     keras.utils.set_random_seed(5)
-    lm = keras_hub.models.GPT2CausalLM(_gpt2_backbone(), preprocessor=None)
+    lm = keras_hub.models.GPT2CausalLM(_gpt2_backbone(), preprocessor=None, name="gpt2_causal_lm")
     inputs = _text_inputs(["token_ids", "padding_mask"])
     logits = lm(inputs)
     outputs = {"next_token": logits, "aux": layers.Dense(1, name="aux")(layers.GlobalAveragePooling1D(name="pool")(logits))}
@@ -282,3 +287,35 @@ def test_tied_embedding_is_drawn_per_call_and_counted_once() -> None:
     assert labels.count(f"{params} params") == 1
     for options in (RenderOptions(compact=True), RenderOptions(expand_nested=False)):
         build_dot(report, options)  # draws without error in the other views
+
+
+def test_causal_lm_alone_tied_embedding_collapsed_and_numbers(tmp_path: Path) -> None:
+    """GPT2CausalLM analysed as it is: one loss; with the backbone collapsed, the output projection is still
+    its own box (the token embedding's later call, outside the backbone), and the numbers hold."""
+    from gradviz.render import RenderOptions, build_dot
+
+    keras.utils.set_random_seed(6)
+    model = keras_hub.models.GPT2CausalLM(_gpt2_backbone(), preprocessor=None, name="gpt2_causal_lm")
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0), loss=sce())
+    rng = np.random.default_rng(4)
+    x = text_batch(4, ["token_ids", "padding_mask"], rng)
+    name = model.output_names[0]
+    y = {name: rng.integers(0, VOCAB, (4, SEQ)).astype("int32")}
+    report = gradviz.analyze(model, data=write_npz(tmp_path / "d.npz", x, y), batch_size=4)
+    assert check_report(report, model, x, y, {name: sce()}) > 5
+    collapsed = build_dot(report, RenderOptions(expand_nested=False))
+    line = next(l for l in collapsed.splitlines() if l.strip().startswith('"gpt2_backbone/token_embedding#2" ['))
+    assert "ReversibleEmbedding · same weights" in line and "nested model" not in line
+    assert '"gpt2_backbone" -> "gpt2_backbone/token_embedding#2" [penwidth' in collapsed
+    assert f'"gpt2_backbone/token_embedding#2" -> "loss:{name}"' in collapsed
+
+
+def test_image_converter_declares_pixel_range() -> None:
+    keras.utils.set_random_seed(0)
+    image = keras.Input((16, 16, 3), name="image")
+    converted = keras_hub.layers.ImageConverter(image_size=(16, 16), scale=1 / 255)(image)
+    h = layers.GlobalAveragePooling2D()(layers.Conv2D(2, 3, name="conv")(converted))
+    model = keras.Model(image, [layers.Dense(1, name="a")(h), layers.Dense(1, name="b")(h)])
+    model.compile(loss="mse")
+    x, _ = gradviz_synthetic(model, 8)
+    assert x["image"].min() >= 0 and 200 < x["image"].max() < 255

@@ -296,14 +296,15 @@ def _call_sites(report: Report, options: RenderOptions, boxes: dict[str, _Box],
                 box_id = scope.split("/")[0]
                 if box_id != first and box_id not in boxes:
                     boxes[box_id] = _Box(box_id, "model", "model", "", None, same_as=first)
-                if box_id != first and info.name not in boxes[box_id].members:
-                    boxes[box_id].members.append(info.name)
+                later = boxes[box_id]
+                if box_id != first and later.same_as and info.name not in later.members:
+                    later.members.append(info.name)  # only a later call's own box: others keep their figures
             else:
+                # the layer's own box, also when its first call is inside a collapsed nested model
                 box_id = f"{info.name}#{call}"
-                base = boxes[first]
-                boxes[box_id] = _Box(box_id, base.kind, base.class_name, scope, base.info, [info.name],
-                                     list(base.blocks_for), base.output_shape, same_as=first,
-                                     label=_call_label(info.name, scope, call))
+                boxes[box_id] = _Box(box_id, info.kind, info.class_name, scope, info, [info.name],
+                                     list(graph.nodes[info.name].get("blocks_for", [])), info.output_shape,
+                                     same_as=first, label=_call_label(info.name, scope, call))
             call_rep[(info.name, call)] = box_id
             if box_id != first and (first, box_id) not in same_weights:
                 same_weights.append((first, box_id))
