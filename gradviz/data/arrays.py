@@ -78,9 +78,9 @@ def check_counts(batch_size: int, batches: int) -> None:
         DataError: either is below 1.
     """
     if batch_size < 1:
-        raise DataError(f"--batch-size must be at least 1, got {batch_size}")
+        raise DataError(f"`batch_size` must be at least 1, got {batch_size}")
     if batches < 1:
-        raise DataError(f"--batches must be at least 1, got {batches}")
+        raise DataError(f"`batches` must be at least 1, got {batches}")
 
 
 def synthetic(
@@ -115,7 +115,7 @@ def synthetic(
         if "str" in info.dtype or info.dtype == "object":
             raise DataError(
                 f"input '{info.name}' takes strings, which gradviz cannot make up; "
-                "pass --data FILE.npz with an array under 'x' or 'x:" + info.name + "'"
+                "pass `data=FILE.npz` with an array under 'x' or 'x:" + info.name + "'"
             )
         if "int" in info.dtype or info.id_range is not None:
             high = info.id_range if info.id_range else 10
@@ -196,8 +196,8 @@ def load_npz(
     for name, array in [(i.name, a) for i, a in zip(inputs, xs)] + list(ys.items()):
         if array.shape[0] < rows_needed:
             raise DataError(
-                f"{file}: '{name}' has {array.shape[0]} rows, fewer than --batch-size {batch_size} "
-                f"x --batches {batches} = {rows_needed}"
+                f"{file}: '{name}' has {array.shape[0]} rows, fewer than `batch_size={batch_size}` "
+                f"x `batches={batches}` = {rows_needed}"
             )
     # Only the rows the batches use are checked: they are what the gradients see.
     for options, array in zip(expected_x + expected_y, list(xs) + list(ys.values())):
