@@ -1,8 +1,11 @@
 """Typed errors: every failure a user can cause is one of these.
 
 Each error carries a one-line message that says what is wrong and what would
-be valid. The CLI turns them into ``Error: ...`` lines and exit codes; the
-Python API lets them propagate.
+be valid, in the library's words: a parameter of the Python API is named in
+backticks (```batch_size``, ```losses={OUTPUT: LOSS}```). The CLI turns the
+message into one ``Error: ...`` line in its own words (those become
+``--batch-size``, ``--loss OUTPUT=LOSS``: :func:`gradviz.cli.cli_words`) and an
+exit code; the Python API lets them propagate.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def test_synthetic_leaves_global_random_state_alone() -> None:
 
 
 def test_string_inputs_need_data() -> None:
-    with pytest.raises(DataError, match="takes strings.*--data"):
+    with pytest.raises(DataError, match="takes strings.*`data=FILE.npz`"):
         synthetic([TensorInfo("text", (None,), "string")], [], batch_size=2, batches=1, seed=0)
 
 
@@ -68,7 +68,7 @@ def test_npz_keys_plain_and_named(tmp_path: Path) -> None:
     [
         ({"x": np.ones((4, 3))}, 2, r"no key 'y:out' or 'y' for 'out'; expected keys: x, y; keys found: x"),
         ({"x": np.ones((4, 2)), "y": np.ones((4, 2))}, 2, r"has shape \(4, 2\); 'x' expects \(rows, 3\)"),
-        ({"x": np.ones((1, 3)), "y": np.ones((1, 2))}, 2, "has 1 rows, fewer than --batch-size 2"),
+        ({"x": np.ones((1, 3)), "y": np.ones((1, 2))}, 2, "has 1 rows, fewer than `batch_size=2`"),
         ({"x": np.full((4, 3), np.nan), "y": np.ones((4, 2))}, 2, r"'x' has NaN at rows 0, 1 \(2 of the 2 rows used\)"),
         ({"x": np.array([["a"] * 3] * 4), "y": np.ones((4, 2))}, 2, "dtype <U1; expected numbers"),
     ],

@@ -59,7 +59,7 @@ def test_custom_objects_file_resolves_layers_and_losses(tmp_path: Path) -> None:
     model = keras.Model(x, out)
     model.compile(loss=objects["scaled_mse"])
     model.save(tmp_path / "m.keras")
-    with pytest.raises(gradviz.GradvizError, match="unknown class or function 'Scale'.*--custom-objects"):
+    with pytest.raises(gradviz.GradvizError, match="unknown class or function 'Scale'.*`custom_objects=FILE.py`"):
         gradviz.analyze(tmp_path / "m.keras")
     report = gradviz.analyze(tmp_path / "m.keras", custom_objects=script, batch_size=4)
     assert report.losses[0].loss == "scaled_mse"
@@ -72,7 +72,7 @@ def test_lambda_is_refused_unless_unsafe(tmp_path: Path) -> None:
     model = keras.Model(x, out)
     model.compile(loss="mse")
     model.save(tmp_path / "lam.keras")
-    with pytest.raises(UnsafeModelError, match=r"Lambda layer\(s\) double .*--unsafe"):
+    with pytest.raises(UnsafeModelError, match=r"Lambda layer\(s\) double .*`unsafe=True`"):
         load_model(tmp_path / "lam.keras")
     report = gradviz.analyze(tmp_path / "lam.keras", unsafe=True, batch_size=4)
     assert report.layer("double").class_name == "Lambda"

@@ -237,7 +237,7 @@ def test_legacy_without_loss_asks_for_one(cli: Any, h5_two_heads: Path, tmp_path
 def test_legacy_unknown_loss_names_it(h5_two_heads: Path, tmp_path: Path) -> None:
     path = _copy_with(h5_two_heads, tmp_path / "legacy.h5",
                       keras2_training_config({"C": "binary_crossentropy", "D": {"class_name": "MyLoss", "config": {}}}))
-    with pytest.raises(LossSpecError, match="unknown loss 'my_loss'.*--custom-objects"):
+    with pytest.raises(LossSpecError, match="unknown loss 'my_loss'.*`custom_objects=FILE.py`"):
         gradviz.analyze(path, batch_size=2)
     # ... and --loss replaces it
     report = gradviz.analyze(path, batch_size=2, losses={"D": "mae"})

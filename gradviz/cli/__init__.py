@@ -9,6 +9,7 @@ the traceback instead.
 from __future__ import annotations
 
 import functools
+import re
 import sys
 import time
 from typing import Any, Callable, NoReturn, TypeVar
@@ -29,6 +30,49 @@ def fail(message: str, exit_code: int = 1) -> NoReturn:
     sys.exit(exit_code)
 
 
+#: the Python API's parameter -> the CLI flag that sets it (library messages name parameters in backticks)
+FLAGS = {
+    "batch_size": "--batch-size",
+    "batches": "--batches",
+    "data": "--data",
+    "custom_objects": "--custom-objects",
+    "unsafe": "--unsafe",
+    "losses": "--loss",
+    "loss_weights": "--loss-weight",
+    "reference": "--reference",
+    "suggest_weights": "--suggest",
+    "tries": "--try",
+    "sweeps": "--sweep",
+    "fmt": "--format",
+}
+_PARAMETER = re.compile(r"`(\w+)(?:=([^`]*))?`")
+_MAPPING = re.compile(r"^\{'?([^':{}]+)'?: ([^{}]+)\}$")
+
+
+def cli_words(message: str) -> str:
+    """A library message in the CLI's words: each backticked parameter becomes its flag.
+
+    Example:
+        >>> cli_words("`batch_size` must be at least 1, got 0")
+        '--batch-size must be at least 1, got 0'
+        >>> cli_words("give one with `losses={OUTPUT: LOSS}`; or `loss_weights={'C': W}`; `unsafe=True`")
+        'give one with --loss OUTPUT=LOSS; or --loss-weight C=W; --unsafe'
+        >>> cli_words("fewer than `batch_size=8` x `batches=2` = 16; `other` stays")
+        'fewer than --batch-size 8 x --batches 2 = 16; `other` stays'
+    """
+
+    def flag(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        if name not in FLAGS:
+            return match.group(0)
+        if value is None or value == "True":
+            return FLAGS[name]
+        mapping = _MAPPING.match(value)
+        return f"{FLAGS[name]} {mapping.group(1)}={mapping.group(2)}" if mapping else f"{FLAGS[name]} {value}"
+
+    return _PARAMETER.sub(flag, message)
+
+
 def handle_errors(command: F) -> F:
     """Translate errors to one line and an exit code (or a traceback with ``--debug``)."""
 
@@ -40,7 +84,7 @@ def handle_errors(command: F) -> F:
         except GradvizError as e:
             if debug:
                 raise
-            fail(str(e), e.exit_code)
+            fail(cli_words(str(e)), e.exit_code)
         except (click.exceptions.Exit, click.ClickException):
             raise
         except KeyboardInterrupt:

@@ -235,10 +235,10 @@ def build_spec(
     reg_name = regularization_name(outputs)
     valid_weight_names = set(outputs) | ({reg_name} if has_regularization else set())
     for name in [k for k in loss_overrides if k is not None]:
-        _check_output(name, outputs, layers, "--loss")
+        _check_output(name, outputs, layers, "`losses`")
     for name in weight_overrides:
         if name not in valid_weight_names:
-            _check_output(name, outputs, layers, "--loss-weight")
+            _check_output(name, outputs, layers, "`loss_weights`")
 
     per_output = _losses_per_output(outputs, saved_loss)
     notes: list[str] = []
@@ -263,7 +263,7 @@ def build_spec(
     if not terms:
         raise LossSpecError(
             f"{source} has no loss to analyse (it was saved without compile() or with loss=None); "
-            f"give one with --loss OUTPUT=LOSS for outputs: {', '.join(outputs)}"
+            f"give one with `losses={{OUTPUT: LOSS}}` for outputs: {', '.join(outputs)}"
         )
     if has_regularization:
         terms.append(
@@ -367,7 +367,7 @@ def _losses_per_output(outputs: list[str], loss: Any) -> list[list[Any]]:
     if is_serialized_object(loss) and not set(map(str, loss)) <= set(outputs):
         return [[loss] for _ in outputs]  # one serialized Loss object: it applies to every output
     if isinstance(loss, dict):
-        _check_saved_names(loss, outputs, "the saved loss", "--loss OUTPUT=LOSS")
+        _check_saved_names(loss, outputs, "the saved loss", "`losses={OUTPUT: LOSS}`")
         return [[loss.get(name)] for name in outputs]
     if isinstance(loss, (list, tuple)):
         if len(loss) == n:
@@ -376,7 +376,7 @@ def _losses_per_output(outputs: list[str], loss: Any) -> list[list[Any]]:
             return [list(loss)]
         raise LossSpecError(
             f"the saved loss list has {len(loss)} entries for {n} outputs ({', '.join(outputs)}); "
-            "override with --loss OUTPUT=LOSS"
+            "override with `losses={OUTPUT: LOSS}`"
         )
     return [[loss] for _ in outputs]
 
@@ -396,7 +396,7 @@ def _weights_per_output(outputs: list[str], weights: Any, per_output: list[list[
     if weights is None:
         return [1.0] * n
     if isinstance(weights, dict):
-        _check_saved_names(weights, outputs, "the saved loss_weights", "--loss-weight OUTPUT=W")
+        _check_saved_names(weights, outputs, "the saved loss_weights", "`loss_weights={OUTPUT: W}`")
         values = [weights.get(name, 1.0) for name in outputs]
         if loss_is_list and len(weights) == n:
             # CompileLoss cannot match a dict of weights to a list of losses by name: it flattens
@@ -421,7 +421,7 @@ def _weights_per_output(outputs: list[str], weights: Any, per_output: list[list[
             if len(flat) != len(lossed):
                 raise LossSpecError(
                     f"the saved loss_weights has {len(flat)} entries for {n} outputs "
-                    f"({', '.join(outputs)}); override with --loss-weight OUTPUT=W"
+                    f"({', '.join(outputs)}); override with `loss_weights={{OUTPUT: W}}`"
                 )
             values = [1.0] * n
             for i, w in zip(lossed, flat):
@@ -433,7 +433,7 @@ def _weights_per_output(outputs: list[str], weights: Any, per_output: list[list[
         try:
             result.append(parse_weight(str(value), f"the saved loss weight of {name}"))
         except LossSpecError as e:
-            raise LossSpecError(f"{e} (override with --loss-weight {name}=W)") from None
+            raise LossSpecError(f"{e} (override with `loss_weights={{{name!r}: W}}`)") from None
     return result
 
 

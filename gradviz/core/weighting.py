@@ -421,7 +421,7 @@ def suggest(report: Report, reference: str | None = None) -> Suggestion:
         if reference not in names:
             listed = ", ".join(names[-8:]) + (f" (and {len(names) - 8} more)" if len(names) > 8 else "")
             raise LossSpecError(
-                f"--reference: '{reference}' is not a shared layer; valid: '{TRUNK}' or a shared layer: {listed}"
+                f"`reference`: '{reference}' is not a shared layer; valid: '{TRUNK}' or a shared layer: {listed}"
             )
         ref = next(info for info in shared if info.name == reference)
         ref_name = reference
@@ -601,12 +601,12 @@ def explore(
     if report.spec is None:
         raise ValueError("the report carries no loss spec; make it with gradviz.analyze")
     if reference is not None and not suggest_weights:
-        raise LossSpecError("--reference only applies with --suggest")
+        raise LossSpecError("`reference` only applies with `suggest_weights=True`")
     names = report.spec.names
     for weights in tries:
-        check_names(list(weights), names, "--try")
+        check_names(list(weights), names, "`tries`")
     for sweep in sweeps:
-        check_names([sweep.loss], names, "--sweep")
+        check_names([sweep.loss], names, "`sweeps`")
     suggestion = suggest(report, reference) if suggest_weights else None
 
     scenarios = [_scenario_of(report, CURRENT, CURRENT, None)]

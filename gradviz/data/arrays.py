@@ -86,9 +86,9 @@ def check_counts(batch_size: int, batches: int) -> None:
         DataError: either is below 1.
     """
     if batch_size < 1:
-        raise DataError(f"--batch-size must be at least 1, got {batch_size}")
+        raise DataError(f"`batch_size` must be at least 1, got {batch_size}")
     if batches < 1:
-        raise DataError(f"--batches must be at least 1, got {batches}")
+        raise DataError(f"`batches` must be at least 1, got {batches}")
 
 
 def synthetic(
@@ -129,7 +129,7 @@ def synthetic(
         if "str" in info.dtype or info.dtype == "object":
             raise DataError(
                 f"input '{info.name}' takes strings, which gradviz cannot make up; "
-                "pass --data FILE.npz with an array under 'x' or 'x:" + info.name + "'"
+                "pass `data=FILE.npz` with an array under 'x' or 'x:" + info.name + "'"
             )
         if is_mask(info) and not info.id_range:
             xs.append(np.ones(shape, dtype=bool if info.dtype == "bool" else info.dtype))
@@ -227,8 +227,8 @@ def load_npz(
     for name, array in [(i.name, a) for i, a in zip(inputs, xs)] + list(ys.items()):
         if array.shape[0] < rows_needed:
             raise DataError(
-                f"{file}: '{name}' has {array.shape[0]} rows, fewer than --batch-size {batch_size} "
-                f"x --batches {batches} = {rows_needed}"
+                f"{file}: '{name}' has {array.shape[0]} rows, fewer than `batch_size={batch_size}` "
+                f"x `batches={batches}` = {rows_needed}"
             )
     # Only the rows the batches use are checked: they are what the gradients see.
     for options, array in zip(expected_x + expected_y, list(xs) + list(ys.values())):

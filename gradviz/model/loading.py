@@ -232,7 +232,7 @@ def load_model(
         if lambdas:
             raise UnsafeModelError(
                 f"{file} contains Lambda layer(s) {', '.join(lambdas)} whose Python code "
-                "would run on load; pass --unsafe (unsafe=True) only if you trust the file"
+                "would run on load; pass `unsafe=True` only if you trust the file"
             )
     names = registered_names([model_config, compile_config])
     custom_objects = match_registered_names(custom_objects, names)
@@ -414,7 +414,7 @@ def _explain_load_failure(file: Path, error: Exception) -> str:
 
     Example:
         >>> _explain_load_failure(Path("m.h5"), ValueError("Unknown layer: 'FancyDense'. Please ensure ..."))
-        "m.h5 uses an unknown class or function 'FancyDense'; pass --custom-objects FILE.py with a Python file that defines it"
+        "m.h5 uses an unknown class or function 'FancyDense'; pass `custom_objects=FILE.py` with a Python file that defines it"
     """
     text = " ".join(str(error).split())
     missing = _missing_module_hint(file, text)
@@ -431,11 +431,11 @@ def _explain_load_failure(file: Path, error: Exception) -> str:
         )
     if name:
         return (
-            f"{file} uses an unknown class or function '{name}'; pass --custom-objects FILE.py "
+            f"{file} uses an unknown class or function '{name}'; pass `custom_objects=FILE.py` "
             "with a Python file that defines it"
         )
     if "lambda" in text.lower() and "safe_mode" in text:
-        return f"{file} holds a Python lambda, whose code would run on load; pass --unsafe only if you trust the file"
+        return f"{file} holds a Python lambda, whose code would run on load; pass `unsafe=True` only if you trust the file"
     # Keras wraps the cause in "... Exception encountered: <cause>" once per nesting level.
     cause = text.rsplit("Exception encountered:", 1)[-1].strip()
     first = cause[:300] + ("..." if len(cause) > 300 else "")
@@ -465,11 +465,11 @@ def _unknown_identifier_message(file: Path, identifier: str, name: str, kind: st
 
     Example:
         >>> _unknown_identifier_message(Path("m.keras"), "my>Scale", "Scale", "class", {}, None)
-        "m.keras uses an unknown class or function 'my>Scale' (class Scale); pass --custom-objects FILE.py with a Python file that defines class Scale"
+        "m.keras uses an unknown class or function 'my>Scale' (class Scale); pass `custom_objects=FILE.py` with a Python file that defines class Scale"
     """
     what = f"'{identifier}'" if identifier == name else f"'{identifier}' ({kind} {name})"
     if custom_objects_file is None:
-        return (f"{file} uses an unknown class or function {what}; pass --custom-objects FILE.py with a Python "
+        return (f"{file} uses an unknown class or function {what}; pass `custom_objects=FILE.py` with a Python "
                 f"file that defines {kind} {name}")
     defined = sorted(key for key in custom_objects if ">" not in key)
     listing = f"it defines: {', '.join(defined)}" if defined else "it defines no class or function"

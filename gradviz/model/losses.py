@@ -134,7 +134,7 @@ def resolve_loss(identifier: Any, output_dim: int | None, target_rank_lower: boo
     except Exception as e:  # Keras raises ValueError/TypeError for unknown identifiers
         raise LossSpecError(
             f"unknown loss {display_name(identifier)!r}; valid: a Keras loss name "
-            f"({', '.join(COMMON_LOSSES)}), or a custom loss defined in --custom-objects FILE.py"
+            f"({', '.join(COMMON_LOSSES)}), or a custom loss defined in `custom_objects=FILE.py`"
         ) from e
     if obj is None:
         raise LossSpecError(f"unknown loss {display_name(identifier)!r}")
