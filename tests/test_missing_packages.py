@@ -30,7 +30,7 @@ def test_missing_package_is_named(module: str, pip: str | None, monkeypatch: pyt
     if pip:  # a known package: its pip name, and nothing about custom objects
         assert message.endswith(f"pip install {pip}")
     else:  # unknown: the import name, or --custom-objects for one's own class
-        assert f"pip install {top}; or, if 'Backbone' is your own class, pass --custom-objects FILE.py" in message
+        assert f"pip install {top}; or, if 'Backbone' is your own class, pass `custom_objects=FILE.py`" in message
 
 
 def test_installed_package_missing_a_dependency(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,7 +46,7 @@ def test_installed_package_missing_a_dependency(tmp_path: Path, monkeypatch: pyt
 
 def test_class_from_the_saving_script() -> None:
     message = _explain_load_failure(Path("m.keras"), keras_message("Twice", "__main__"))
-    assert "--custom-objects FILE.py" in message and "pip install" not in message
+    assert "`custom_objects=FILE.py`" in message and "pip install" not in message
 
 
 def test_saved_keras_hub_model_without_keras_hub(tmp_path: Path) -> None:

@@ -497,7 +497,7 @@ def _missing_module_hint(file: Path, text: str) -> str | None:
     Example:
         >>> _missing_module_hint(Path("m.keras"), "Could not deserialize class 'BertBackbone' because its parent "
         ...                      "module keras_nlp_missing.models cannot be imported. Full object config: ...")
-        "m.keras uses class 'BertBackbone' from keras_nlp_missing.models, but the package keras_nlp_missing is not installed: pip install keras_nlp_missing; or, if 'BertBackbone' is your own class, pass --custom-objects FILE.py with a Python file that defines it"
+        "m.keras uses class 'BertBackbone' from keras_nlp_missing.models, but the package keras_nlp_missing is not installed: pip install keras_nlp_missing; or, if 'BertBackbone' is your own class, pass `custom_objects=FILE.py` with a Python file that defines it"
     """
     match = _UNIMPORTABLE.search(text)
     if match is None:
@@ -505,8 +505,8 @@ def _missing_module_hint(file: Path, text: str) -> str | None:
     name, module = match.group(1), match.group(2)
     top = module.split(".")[0]
     if top == "__main__":  # defined in the script that saved the model
-        return (f"{file} uses class '{name}', defined in the script that saved the model; pass --custom-objects "
-                "FILE.py with a Python file that defines it")
+        return (f"{file} uses class '{name}', defined in the script that saved the model; pass `custom_objects=FILE.py` "
+                "with a Python file that defines it")
     try:
         installed = importlib.util.find_spec(top) is not None
     except (ImportError, ValueError):
@@ -515,7 +515,7 @@ def _missing_module_hint(file: Path, text: str) -> str | None:
         where = f"{file} uses class '{name}' from {module}, but the package {top} is not installed"
         if top in PIP_NAMES:
             return f"{where}: pip install {PIP_NAMES[top]}"
-        return (f"{where}: pip install {top}; or, if '{name}' is your own class, pass --custom-objects FILE.py "
+        return (f"{where}: pip install {top}; or, if '{name}' is your own class, pass `custom_objects=FILE.py` "
                 "with a Python file that defines it")
     # Installed, yet the module does not import: say why (Keras has imported it already, so this runs no new code).
     try:
