@@ -229,6 +229,7 @@ def inspect(model: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None
     formats = [output.prepare(path, fmt) for path in outputs]  # fail before the (slow) analysis
     _note_html_without_dot(formats)
     report = run_analysis(model, **kwargs)
+    report.command = options.command  # saved in the JSON: `gradviz render` shows it in the HTML, as here
     # Diagrams (every format but JSON) first, timed as the "render" stage, so that
     # JSON written after them carries that time in "timings" (total included).
     for path, name in sorted(zip(outputs, formats), key=lambda target: target[1] == "json"):

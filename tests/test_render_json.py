@@ -1,0 +1,294 @@
+"""A saved JSON report drawn again: ``Report.from_json``.
+
+Every output of a report read back from its JSON must be byte-identical to the
+output of the analysis that wrote it (DOT in every option combination of the
+golden tests, HTML, GraphML, the terminal summary, weight scenarios), and
+reading it back must work where TensorFlow and Keras cannot be imported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import networkx as nx
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gradviz
+import robust_models as rm
+from gradviz.core import weighting
+from gradviz.core.analysis import analyze_stats
+from gradviz.core.graph import Topology, VariableInfo
+from gradviz.core.report import Report
+from gradviz.core.report_json import FORMAT_VERSION, statistics_dict
+from gradviz.core.spec import LossSpec, LossTerm
+from gradviz.core.stats import GradientStats
+from gradviz.output.diagram import RenderOptions, build_dot
+from gradviz.output.graphml import to_graphml
+from gradviz.output.html import build_html
+from gradviz.output.text import summary
+from test_render import sample_report
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = sorted(p.stem for p in (ROOT / "samples").glob("*.keras"))
+NESTED = "nested_stop_gradient"
+MODELS = [*SAMPLES, NESTED]
+
+#: the option combinations of tests/test_render.py's golden tests
+GOLDEN_OPTIONS = [
+    RenderOptions(),
+    RenderOptions(show_norms=True, show_shapes=True, rankdir="LR"),
+    RenderOptions(show_norms=True),
+    RenderOptions(compact=True),
+    RenderOptions(expand_nested=False, show_norms=True),
+]
+#: what the CLI tests pass for each combination
+GOLDEN_FLAGS = [[], ["--show-norms", "--show-shapes", "--rankdir", "LR"], ["--show-norms"], ["--compact"],
+                ["--collapse-nested", "--show-norms"]]
+
+BLOCK_FRAMEWORKS = (
+    "import sys\n"
+    "class Block:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] in ('tensorflow', 'keras', 'jax', 'tf_keras'):\n"
+    "            raise ImportError('blocked: ' + name)\n"
+    "sys.meta_path.insert(0, Block())\n"
+)
+
+
+def nested_stop_gradient() -> Any:
+    """A nested encoder shared by two heads, one of them behind ops.stop_gradient; a regularizer and an
+    output without a loss, so that every part of the saved report is exercised."""
+    import keras
+    from keras import layers, ops
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12,), name="features")
+    enc_in = keras.Input((12,), name="enc_in")
+    h = layers.Dense(16, activation="relu", name="enc_1", kernel_regularizer=keras.regularizers.l2(0.01))(enc_in)
+    h = layers.Dense(16, activation="relu", name="enc_2")(h)
+    encoder = keras.Model(enc_in, h, name="encoder")
+    z = encoder(inp)
+    c = layers.Dense(1, activation="sigmoid", name="C")(layers.Dense(8, activation="relu", name="c_hidden")(z))
+    d = layers.Dense(3, activation="softmax", name="D")(layers.Dense(8, activation="relu", name="d_hidden")(
+        ops.stop_gradient(z)))
+    e = layers.Dense(2, name="E")(z)
+    model = keras.Model(inp, [c, d, e], name=NESTED)
+    model.compile(loss={"C": "binary_crossentropy", "D": "categorical_crossentropy"}, loss_weights={"C": 1.0, "D": 0.5})
+    return model
+
+
+_REPORTS: dict[str, Report] = {}
+_FILES: dict[str, Path] = {}
+
+
+def model_file(name: str) -> Path:
+    """A sample's file, or the nested model saved once to a temporary directory."""
+    if name != NESTED:
+        return ROOT / "samples" / f"{name}.keras"
+    if name not in _FILES:
+        _FILES[name] = rm.save(nested_stop_gradient(), Path(tempfile.mkdtemp(prefix="gradviz-")) / f"{NESTED}.keras")
+    return _FILES[name]
+
+
+def report_of(name: str) -> Report:
+    """``gradviz.analyze`` of the model's file, as ``gradviz inspect`` runs it (samples: test_render's cache)."""
+    if name != NESTED:
+        return sample_report(name)
+    if name not in _REPORTS:
+        _REPORTS[name] = gradviz.analyze(model_file(name))
+    return _REPORTS[name]
+
+
+def reloaded(report: Report) -> Report:
+    return Report.from_json(report.to_json())
+
+
+# -- the round trip --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_round_trip_is_exact(name: str) -> None:
+    report = report_of(name)
+    data = report.to_dict()
+    assert data["format_version"] == FORMAT_VERSION
+    assert Report.from_dict(data).to_dict() == data
+    text = report.to_json()
+    assert Report.from_json(text).to_json() == text
+    assert Report.from_json(text.encode()).to_json() == text
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_inputs_come_back_exactly(name: str) -> None:
+    report = report_of(name)
+    back = reloaded(report)
+    for field in ("gram", "exists", "max_abs", "finite", "loss_values"):
+        original, loaded = getattr(report.stats, field), getattr(back.stats, field)
+        assert loaded.dtype == original.dtype and loaded.shape == original.shape, field
+        assert loaded.tobytes() == original.tobytes(), field  # bit for bit
+    assert (back.stats.loss_names, back.stats.batches, back.stats.mode, back.stats.has_regularization) == (
+        report.stats.loss_names, report.stats.batches, report.stats.mode, report.stats.has_regularization)
+    assert back.spec == report.spec
+    assert back.topology.variables == report.topology.variables
+    assert (back.topology.inputs, back.topology.outputs, back.topology.complete) == (
+        report.topology.inputs, report.topology.outputs, report.topology.complete)
+    assert list(back.topology.graph.nodes(data=True)) == list(report.topology.graph.nodes(data=True))
+    assert list(back.topology.graph.edges(data=True)) == list(report.topology.graph.edges(data=True))
+    assert list(back.graph.nodes(data=True)) == list(report.graph.nodes(data=True))
+    assert sorted(back.graph.edges(data=True)) == sorted(report.graph.edges(data=True))
+    assert (back.layers, back.trunk, back.variables, back.losses, back.findings, back.edges) == (
+        report.layers, report.trunk, report.variables, report.losses, report.findings, report.edges)
+
+
+def test_nested_model_exercises_every_part() -> None:
+    data = report_of(NESTED).to_dict()
+    assert data["spec"]["unlossed_outputs"] == ["E"]
+    assert [t["name"] for t in data["spec"]["terms"]] == ["C", "D", "regularization"]
+    assert data["statistics"]["has_regularization"] is True
+    assert any(n["attributes"]["parent"] == "encoder" for n in data["topology"]["nodes"])
+    assert data["annotations"]["blocks_for"] == {"stop_gradient": ["D"]}
+    assert data["annotations"]["blocked_for"] == [{"source": "encoder/enc_2", "target": "stop_gradient",
+                                                   "losses": ["D"]}]
+
+
+# -- every output ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", GOLDEN_OPTIONS, ids=[" ".join(f) or "default" for f in GOLDEN_FLAGS])
+@pytest.mark.parametrize("name", MODELS)
+def test_dot_identical(name: str, options: RenderOptions) -> None:
+    report = report_of(name)
+    assert build_dot(reloaded(report), options) == build_dot(report, options)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_html_graphml_and_summary_identical(name: str) -> None:
+    report = report_of(name)
+    back = reloaded(report)
+    options = RenderOptions(show_norms=True, compact=True, command="gradviz inspect m.keras -o r.html")
+    assert build_html(back, options) == build_html(report, options)
+    assert to_graphml(back) == to_graphml(report)
+    for all_layers in (False, True):
+        for color in (False, True):
+            assert summary(back, all_layers=all_layers, color=color, width=100) == summary(
+                report, all_layers=all_layers, color=color, width=100)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_weight_scenarios_identical(name: str) -> None:
+    report = report_of(name)
+    back = reloaded(report)
+    first = report.losses[0].name
+    asks: dict[str, Any] = dict(tries=[{first: 2.0}], sweeps=[weighting.parse_sweep(f"{first}=log:0.01:10:4")])
+    if report.trunk is not None:
+        asks["suggest_weights"] = True
+    assert weighting.explore(back, **asks).to_json() == weighting.explore(report, **asks).to_json()
+    scenario = {first: 0.25}
+    for options in (RenderOptions(show_norms=True), RenderOptions(expand_nested=False, compact=True)):
+        assert build_dot(weighting.scenario_report(back, scenario), options) == build_dot(
+            weighting.scenario_report(report, scenario), options)
+
+
+def tiny_report(gram: np.ndarray, max_abs: np.ndarray, loss_values: np.ndarray) -> Report:
+    """A two-loss report over one Dense layer (two variables) from given statistics, no model."""
+    graph = nx.DiGraph()
+    graph.add_node("x", kind="input", class_name="InputLayer", parent="", trainable_params=0, variables=[],
+                   output_shape="(None, 2)", activation=None, compute_dtype="float32", blocks_gradient=False,
+                   input_dim=None, order=0)
+    graph.add_node("dense", kind="layer", class_name="Dense", parent="", trainable_params=6,
+                   variables=["dense/kernel", "dense/bias"], output_shape="(None, 2)", activation="linear",
+                   compute_dtype="float32", blocks_gradient=False, input_dim=None, order=1)
+    graph.add_edge("x", "dense", shape="(None, 2)")
+    topology = Topology(graph, {"C": "dense", "D": "dense"}, {"x": "x"},
+                        (VariableInfo("dense/kernel", "dense", (2, 2)), VariableInfo("dense/bias", "dense", (2,))))
+    exists = np.ones((2, 2), dtype=bool)
+    finite = np.isfinite(max_abs) & np.isfinite(np.diagonal(gram, axis1=1, axis2=2))
+    stats = GradientStats(("C", "D"), gram, exists, max_abs, finite, loss_values, 1, "mean-gradient")
+    spec = LossSpec((LossTerm("C", "C", "mse", 0.5), LossTerm("D", "D", "mae", 2.0)))
+    return analyze_stats(topology, stats, spec, model_name="tiny")
+
+
+def test_nan_and_inf_survive() -> None:
+    gram = np.array([[[float("nan"), 1.0], [1.0, 4.0]], [[float("inf"), -0.0], [-0.0, 5e-324]]])
+    report = tiny_report(gram, np.array([[float("nan"), 2.0], [float("inf"), 0.1]]),
+                         np.array([float("nan"), float("-inf")]))
+    text = report.to_json()
+    assert '"nan"' in text and '"-inf"' in text  # (to_json refuses bare NaN: allow_nan=False)
+    back = Report.from_json(text)
+    assert back.to_json() == text
+    assert back.stats.gram.tobytes() == report.stats.gram.tobytes()  # -0.0 and the subnormal too
+    assert math.isnan(back.losses[0].value) and back.losses[1].value == float("-inf")
+    for options in GOLDEN_OPTIONS:
+        assert build_dot(back, options) == build_dot(report, options)
+    assert to_graphml(back) == to_graphml(report)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=12, max_size=12))
+def test_any_float_is_written_exactly(values: list[float]) -> None:
+    gram = np.array(values[:8]).reshape(2, 2, 2)
+    with np.errstate(all="ignore"):  # overflowing figures are not under test here, only their writing
+        report = tiny_report(gram, np.array(values[8:12]).reshape(2, 2), np.array(values[:2]))
+    back = Report.from_json(report.to_json())
+    for field in ("gram", "max_abs", "loss_values"):
+        a, b = getattr(report.stats, field), getattr(back.stats, field)
+        assert np.array_equal(np.isnan(a), np.isnan(b)), field
+        same = ~np.isnan(a)
+        assert a[same].tobytes() == b[same].tobytes(), field  # sign of zero, subnormals: bit for bit
+
+
+def test_statistics_keyed_by_variable_path() -> None:
+    report = report_of("shared_trunk")
+    entries = statistics_dict(report.stats, report.topology)["variables"]
+    assert [e["path"] for e in entries] == [v.path for v in report.variables]
+    kernel = entries[0]
+    assert len(kernel["gram"]) == len(kernel["gram"][0]) == len(report.losses)
+    assert math.sqrt(kernel["gram"][0][0]) == report.variables[0].grad_norm["C"]
+
+
+def test_a_report_always_has_its_inputs() -> None:
+    with pytest.raises(TypeError, match="stats"):
+        Report("m", [], [], [], [], [], nx.DiGraph(), None)  # type: ignore[call-arg]
+
+
+# -- without TensorFlow --------------------------------------------------------------------
+
+
+def test_from_json_without_tensorflow(tmp_path: Path) -> None:
+    report = report_of(NESTED)
+    saved = tmp_path / "r.json"
+    saved.write_text(report.to_json() + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    code = BLOCK_FRAMEWORKS + f"""
+from gradviz.core.report import Report
+from gradviz.core import weighting
+from gradviz.output.diagram import RenderOptions, build_dot
+from gradviz.output.graphml import to_graphml
+from gradviz.output.text import summary
+report = Report.from_json(open({str(saved)!r}).read())
+out = {str(out)!r}
+open(out + "/api.dot", "w").write(build_dot(report, RenderOptions(expand_nested=False, compact=True, show_norms=True)))
+open(out + "/api.graphml", "wb").write(to_graphml(report))
+open(out + "/api.txt", "w").write(summary(report, width=100))
+open(out + "/api.weights.json", "w").write(weighting.explore(report, tries=[{{"D": 2.0}}], suggest_weights=True).to_json())
+assert not [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]
+"""
+    env = {**os.environ, "COLUMNS": "100"}  # the summary's width
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=180, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    options = RenderOptions(expand_nested=False, compact=True, show_norms=True)
+    assert (out / "api.dot").read_text() == build_dot(report, options)
+    assert (out / "api.graphml").read_bytes() == to_graphml(report)
+    assert (out / "api.txt").read_text() == summary(report, width=100)
+    assert (out / "api.weights.json").read_text() == weighting.explore(
+        report, tries=[{"D": 2.0}], suggest_weights=True).to_json()
