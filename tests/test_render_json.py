@@ -1,4 +1,4 @@
-"""A saved JSON report drawn again: ``Report.from_json``.
+"""A saved JSON report drawn again: ``Report.from_json`` and ``gradviz render``.
 
 Every output of a report read back from its JSON must be byte-identical to the
 output of the analysis that wrote it (DOT in every option combination of the
@@ -32,10 +32,12 @@ from gradviz.core.report import Report
 from gradviz.core.report_json import FORMAT_VERSION, statistics_dict
 from gradviz.core.spec import LossSpec, LossTerm
 from gradviz.core.stats import GradientStats
+from gradviz.errors import ReportError
 from gradviz.output.diagram import RenderOptions, build_dot
 from gradviz.output.graphml import to_graphml
 from gradviz.output.html import build_html
 from gradviz.output.text import summary
+from test_bad_input import assert_one_error
 from test_render import sample_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,7 +265,7 @@ def test_a_report_always_has_its_inputs() -> None:
 # -- without TensorFlow --------------------------------------------------------------------
 
 
-def test_from_json_without_tensorflow(tmp_path: Path) -> None:
+def test_from_json_and_render_without_tensorflow(tmp_path: Path) -> None:
     report = report_of(NESTED)
     saved = tmp_path / "r.json"
     saved.write_text(report.to_json() + "\n")
@@ -281,6 +283,9 @@ open(out + "/api.dot", "w").write(build_dot(report, RenderOptions(expand_nested=
 open(out + "/api.graphml", "wb").write(to_graphml(report))
 open(out + "/api.txt", "w").write(summary(report, width=100))
 open(out + "/api.weights.json", "w").write(weighting.explore(report, tries=[{{"D": 2.0}}], suggest_weights=True).to_json())
+from gradviz.cli import main
+main(["render", {str(saved)!r}, "-o", out + "/cli.dot", "-o", out + "/cli.html", "-o", out + "/cli.graphml",
+      "--collapse-nested", "--compact", "--show-norms"], standalone_mode=False)
 assert not [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]
 """
     env = {**os.environ, "COLUMNS": "100"}  # the summary's width
@@ -288,7 +293,157 @@ assert not [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")
     assert done.returncode == 0, done.stderr[-3000:]
     options = RenderOptions(expand_nested=False, compact=True, show_norms=True)
     assert (out / "api.dot").read_text() == build_dot(report, options)
-    assert (out / "api.graphml").read_bytes() == to_graphml(report)
+    assert (out / "cli.dot").read_text() == build_dot(report, options)
+    assert (out / "api.graphml").read_bytes() == (out / "cli.graphml").read_bytes() == to_graphml(report)
+    assert (out / "cli.html").read_text() == build_html(report, options)
     assert (out / "api.txt").read_text() == summary(report, width=100)
     assert (out / "api.weights.json").read_text() == weighting.explore(
         report, tries=[{"D": 2.0}], suggest_weights=True).to_json()
+    assert done.stdout == summary(report, width=100)
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+
+
+def _inspect_then_render(cli: Callable[..., Any], model: Path, flags: list[str], tmp_path: Path,
+                         monkeypatch: pytest.MonkeyPatch, formats: tuple[str, ...]) -> tuple[Any, Any, Path, Path]:
+    """``gradviz inspect MODEL -o r.json -o f.<fmt>... FLAGS``, then ``gradviz render r.json -o f.<fmt>... FLAGS``."""
+    a, b = tmp_path / "inspect", tmp_path / "render"
+    a.mkdir()
+    b.mkdir()
+    args = ["inspect", str(model), "-o", str(a / "r.json"), *[x for f in formats for x in ("-o", str(a / f"f.{f}"))],
+            *flags]
+    monkeypatch.setattr(sys, "argv", ["/somewhere/bin/gradviz", *args])  # the HTML shows the command line
+    first = cli(*args)
+    assert first.exit_code == 0, first.stderr
+    second = cli("render", a / "r.json", *[x for f in formats for x in ("-o", b / f"f.{f}")], *flags)
+    assert second.exit_code == 0, second.stderr
+    assert second.stderr.count("wrote ") == len(formats)
+    return first, second, a, b
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_cli_inspect_json_render(cli: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 name: str) -> None:
+    """inspect -> JSON -> render: the same DOT, HTML, GraphML and terminal text, in every golden option set."""
+    formats = ("dot", "html", "graphml")
+    first, second, a, b = _inspect_then_render(cli, model_file(name), [], tmp_path, monkeypatch, formats)
+    for fmt in formats:
+        assert (a / f"f.{fmt}").read_bytes() == (b / f"f.{fmt}").read_bytes(), fmt
+    assert second.stdout == first.stdout  # the terminal summary
+    # what inspect writes with each golden option set is build_dot of the same (deterministic) analysis
+    for flags, options in zip(GOLDEN_FLAGS, GOLDEN_OPTIONS):
+        result = cli("render", a / "r.json", "-o", b / "g.dot", *flags)
+        assert result.exit_code == 0, result.stderr
+        assert (b / "g.dot").read_text() == build_dot(report_of(name), options), flags
+
+
+@pytest.mark.dot
+def test_cli_render_equals_inspect_in_every_format(cli: Callable[..., Any], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    formats = ("dot", "svg", "png", "pdf", "html", "graphml", "json")
+    flags = ["--show-norms", "--collapse-nested", "--compact", "--rankdir", "LR"]
+    first, second, a, b = _inspect_then_render(cli, model_file(NESTED), flags, tmp_path, monkeypatch, formats)
+    for fmt in formats:  # the PDF too: its creation date is fixed
+        assert (a / f"f.{fmt}").read_bytes() == (b / f"f.{fmt}").read_bytes(), fmt
+    assert second.stdout == first.stdout
+    command = json.loads((a / "r.json").read_text())["command"]
+    assert command.startswith("gradviz inspect ") and command.endswith("--rankdir LR")
+    assert f"<code>{command}</code>" in (b / "f.html").read_text()  # the inspect that computed it
+    assert (b / "f.json").read_bytes() == (a / "r.json").read_bytes()
+
+
+def test_cli_json_reprints_and_reads_stdin(cli: Callable[..., Any], tmp_path: Path) -> None:
+    text = report_of("ticket_router").to_json()
+    path = tmp_path / "r.json"
+    path.write_text(text + "\n")
+    printed = cli("render", path, "--json")
+    assert printed.exit_code == 0 and printed.stdout == text + "\n" and printed.stderr == ""
+    piped = cli("render", "-", "-o", tmp_path / "f.dot", "--show-norms", input=text)
+    assert piped.exit_code == 0, piped.stderr
+    assert (tmp_path / "f.dot").read_text() == build_dot(report_of("ticket_router"), RenderOptions(show_norms=True))
+    assert "ticket_router" in piped.stdout and "Findings" in piped.stdout
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+def _edit(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """``data`` with the field at ``path`` (``a.b[0].c``; value ``...`` deletes it) replaced."""
+    import copy
+    import re
+
+    data = copy.deepcopy(data)
+    keys: list[Any] = [int(k) if k.isdigit() else k for k in re.findall(r"[^.\[\]]+", path)]
+    target = data
+    for key in keys[:-1]:
+        target = target[key]
+    if value is ...:
+        del target[keys[-1]]
+    else:
+        target[keys[-1]] = value
+    return data
+
+
+def _old(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in ("format_version", "command", "spec", "topology", "statistics",
+                                                       "annotations")}
+
+
+BAD_REPORTS: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
+    ("old", _old, "older gradviz (no format_version)"),
+    ("newer", lambda d: _edit(d, "format_version", 2), "report format 2 is newer than this gradviz"),
+    ("version-text", lambda d: _edit(d, "format_version", "1"), "unknown report format '1'"),
+    ("list", lambda d: [d], "not a gradviz report (the JSON is a list, not an object)"),
+    ("other-json", lambda d: {"name": "x"}, "not a gradviz report (no format_version, model or layers)"),
+    ("weights-doc", lambda d: {"model": "m", "scenarios": [], "suggested": None}, "what gradviz weights writes"),
+    ("no-statistics", lambda d: _edit(d, "statistics", ...), "damaged report: statistics is missing"),
+    ("status", lambda d: _edit(d, "layers[1].status", 5), "layers[1].status: expected a string, got a number"),
+    ("grad-norm", lambda d: _edit(d, "layers[1].grad_norm.C", "big"), "layers[1].grad_norm.C: expected a number"),
+    ("gram-rows", lambda d: _edit(d, "statistics.variables[0].gram", [[1.0, 2.0]]), "gram has 1 rows for 2 losses"),
+    ("stats-vars", lambda d: _edit(d, "statistics.variables", []), "statistics.variables has 0 entries"),
+    ("severity", lambda d: _edit(d, "findings[0].severity", "fatal"), "'fatal' is not one of info, warning, error"),
+    ("node", lambda d: _edit(d, "topology.variables[0].layer", "nowhere"), "'nowhere' is not a node"),
+    ("edge", lambda d: _edit(d, "edges[0].target", "B"), "is not an edge of the graph"),
+    ("losses", lambda d: _edit(d, "statistics.losses", ["D", "C"]), "statistics.losses ['D', 'C'] differ"),
+    ("order", lambda d: _edit(d, "topology.nodes[0].attributes.order", None), "order: expected a whole number"),
+]
+
+
+@pytest.mark.parametrize("edit, fragment", [(e, f) for _, e, f in BAD_REPORTS], ids=[n for n, _, _ in BAD_REPORTS])
+def test_bad_reports_are_one_line(cli: Callable[..., Any], tmp_path: Path, edit: Any, fragment: str) -> None:
+    data = edit(report_of("stop_gradient_head").to_dict())
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    line = assert_one_error(cli("render", path, "-o", tmp_path / "f.dot"), fragment)
+    assert line.startswith(f"Error: {path}: ")
+    assert not (tmp_path / "f.dot").exists()
+    with pytest.raises(ReportError) as raised:
+        Report.from_dict(data)
+    assert fragment in str(raised.value)
+
+
+BAD_FILES: list[tuple[str, Callable[[Path], Path], str]] = [
+    ("missing", lambda d: d / "nope.json", "no such report file"),
+    ("directory", lambda d: d, "is a directory; give the JSON report gradviz inspect writes"),
+    ("empty", lambda d: _write(d / "e.json", b""), "the file is empty"),
+    ("not-json", lambda d: _write(d / "t.json", b"layers: 3\n"), "not JSON (Expecting value at line 1, column 1)"),
+    ("truncated", lambda d: _write(d / "t.json", b'{"format_version": 1, "mod'), "not JSON (Unterminated string"),
+    ("binary", lambda d: _write(d / "b.json", b"\xff\xfe\x00garbage"), "not a JSON report (not UTF-8 text)"),
+    ("model", lambda d: ROOT / "samples" / "shared_trunk.keras", "a model file, not a JSON report; analyse it "
+                                                                 "with gradviz inspect"),
+]
+
+
+def _write(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize("make, fragment", [(m, f) for _, m, f in BAD_FILES], ids=[n for n, _, _ in BAD_FILES])
+def test_bad_files_are_one_line(cli: Callable[..., Any], tmp_path: Path, make: Any, fragment: str) -> None:
+    assert_one_error(cli("render", make(tmp_path)), fragment)
+
+
+def test_bad_output_fails_before_reading(cli: Callable[..., Any], tmp_path: Path) -> None:
+    assert_one_error(cli("render", tmp_path / "nope.json", "-o", tmp_path / "f.jpeg"), "unknown output format '.jpeg'")
