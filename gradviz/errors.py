@@ -48,3 +48,7 @@ class GraphvizMissingError(GradvizError):
 
 class BackendError(GradvizError):
     """Keras runs on an array library gradviz has no gradient backend for."""
+
+
+class ReportError(GradvizError):
+    """A saved JSON report cannot be read back: not JSON, not a gradviz report, another format version, damaged."""

@@ -12,6 +12,7 @@ import functools
 import re
 import sys
 import time
+from dataclasses import replace
 from typing import Any, Callable, NoReturn, TypeVar
 
 import click
@@ -242,6 +243,7 @@ def main() -> None:
     Example:
       gradviz inspect model.keras
       gradviz inspect model.keras --loss-weight C=0.5 --json | jq .findings
+      gradviz render report.json -o flow.pdf --compact
     """
 
 
@@ -286,6 +288,7 @@ def inspect(model: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None
     formats = [output.prepare(path, fmt) for path in outputs]  # fail before the (slow) analysis
     _note_html_without_dot(formats)
     report = run_analysis(model, **kwargs)
+    report.command = options.command  # saved in the JSON: `gradviz render` shows it in the HTML, as here
     # Diagrams (every format but JSON) first, timed as the "render" stage, so that
     # JSON written after them carries that time in "timings" (total included).
     for path, name in sorted(zip(outputs, formats), key=lambda target: target[1] == "json"):
@@ -303,6 +306,62 @@ def inspect(model: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None
     if fail_on and severity_at_least(report.findings, fail_on):
         count = len(severity_at_least(report.findings, fail_on))
         fail(f"{count} {'finding' if count == 1 else 'findings'} of severity {fail_on} or worse (--fail-on {fail_on})")
+
+
+# -- gradviz render (issue 11) ------------------------------------------------------------
+
+
+@main.command("render")
+@click.argument("report_file", metavar="REPORT.json", type=click.Path(allow_dash=True))
+@click.option("--json", "as_json", is_flag=True, help="Print only the report's JSON on stdout (as inspect wrote it).")
+@click.option("-o", "--output", "outputs", multiple=True, type=click.Path(), metavar="FILE",
+              help="Write the report; the extension picks the format: .svg/.png/.pdf (need Graphviz), .dot, "
+                   ".html, .graphml, .json. Repeatable.")
+@click.option("--format", "fmt", default=None, metavar="FORMAT", help="Format of every -o file, overriding extensions.")
+@render_options
+@click.option("--all-layers", is_flag=True, help="List operations and weightless layers in the table too.")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@handle_errors
+def render_command(report_file: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None, all_layers: bool,
+                   debug: bool, **kwargs: Any) -> None:
+    """Draw a saved JSON report again, without TensorFlow: diagrams, HTML, GraphML, the summary.
+
+    REPORT.json is what `gradviz inspect --json` or `-o FILE.json` wrote ('-' reads
+    it from stdin). Every output is byte-identical to what inspect writes with the
+    same options, so the gradients can be computed on one machine and the figures
+    drawn on another. The HTML report shows the inspect command that computed it.
+
+    \b
+    Example:
+      gradviz inspect model.keras -o report.json            # where the model and TensorFlow are
+      gradviz render report.json -o flow.pdf --compact      # anywhere: no TensorFlow needed
+      gradviz render report.json -o flow.svg -o report.html --show-norms --rankdir LR
+      gradviz inspect model.keras --json | gradviz render - -o flow.png
+    """
+    from gradviz import output
+    from gradviz.core.report_json import read_report, report_from_json
+    from gradviz.errors import ReportError
+
+    options = make_render_options(kwargs)
+    formats = [output.prepare(path, fmt) for path in outputs]
+    _note_html_without_dot(formats)
+    if report_file == "-":
+        try:
+            report = report_from_json(sys.stdin.buffer.read())
+        except ReportError as e:
+            raise ReportError(f"stdin: {e}") from e
+    else:
+        report = read_report(report_file)
+    options = replace(options, command=report.command)  # the command that computed the figures
+    for path in outputs:
+        click.echo(f"wrote {output.write(report, path, fmt, options)}", err=True)
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        from gradviz.output.text import summary
+
+        width = max(80, min(160, _terminal_width()))
+        click.echo(summary(report, all_layers=all_layers, width=width, color=sys.stdout.isatty()), nl=False)
 
 
 # -- gradviz weights (issue 4) ------------------------------------------------------------

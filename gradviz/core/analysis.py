@@ -236,15 +236,10 @@ def group_info(report: Report, name: str, members: Sequence[str]) -> LayerInfo:
     matrices exactly as for a single layer.
 
     Args:
-        report: an analysed report (it must keep ``stats`` and ``topology``).
+        report: an analysed report (made by the analysis or read back from JSON).
         name: the name of the group.
         members: the graph nodes in the group.
-
-    Raises:
-        ValueError: the report has no statistics (built without ``analyze_stats``).
     """
-    if report.stats is None or report.topology is None:
-        raise ValueError("the report keeps no gradient statistics")
     stats = report.stats
     names = list(stats.loss_names)
     by_name = {l.name: l for l in report.losses}

@@ -116,6 +116,13 @@ class Report:
     seconds per stage: ``load``, ``graph``, ``gradients`` (the whole gradient
     pass, first-call trace included), ``analysis`` and ``total``; stages run
     afterwards (``render``) are added with :meth:`add_timing`.
+
+    ``stats``, ``topology`` and ``spec`` are what the figures were computed
+    from (the per-variable gradient statistics, the walked model, the loss
+    spec): a diagram's grouped boxes and every weight scenario are computed from
+    them. A report always has them, whether made by the analysis or read back
+    with :meth:`from_json`. ``command`` is the gradviz command line that made
+    the report (None from the Python API); the HTML report shows it.
     """
 
     model_name: str
@@ -128,9 +135,10 @@ class Report:
     trunk: LayerInfo | None
     meta: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    stats: GradientStats | None = field(default=None, repr=False)
-    topology: Topology | None = field(default=None, repr=False)
-    spec: LossSpec | None = field(default=None, repr=False)
+    stats: GradientStats = field(kw_only=True, repr=False)
+    topology: Topology = field(kw_only=True, repr=False)
+    spec: LossSpec = field(kw_only=True, repr=False)
+    command: str | None = field(default=None, kw_only=True)
 
     def add_timing(self, stage: str, seconds: float) -> None:
         """Record a stage run after :func:`gradviz.analyze` (``render`` when diagrams are written).
@@ -138,8 +146,14 @@ class Report:
         ``total`` grows by the same amount, so it stays the wall time of everything timed.
 
         Example:
-            >>> import networkx as nx
-            >>> r = Report("m", [], [], [], [], [], nx.DiGraph(), None, timings={"load": 1.0, "total": 2.0})
+            >>> import networkx as nx, numpy as np
+            >>> from gradviz.core.graph import Topology
+            >>> from gradviz.core.spec import LossSpec
+            >>> from gradviz.core.stats import GradientStats
+            >>> none = np.zeros((0, 0))
+            >>> stats = GradientStats((), np.zeros((0, 0, 0)), none > 0, none, none == 0, np.zeros(0), 1, "mean-gradient")
+            >>> r = Report("m", [], [], [], [], [], nx.DiGraph(), None, timings={"load": 1.0, "total": 2.0},
+            ...            stats=stats, topology=Topology(nx.DiGraph(), {}, {}, ()), spec=LossSpec(()))
             >>> r.add_timing("render", 0.5)
             >>> r.timings
             {'load': 1.0, 'total': 2.5, 'render': 0.5}
@@ -159,8 +173,16 @@ class Report:
         return [f for f in self.findings if f.kind == kind]
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON report as plain Python data (the documented contract)."""
+        """The JSON report as plain Python data (the documented contract).
+
+        ``format_version`` first; after the figures, the keys that let the report
+        be drawn again (:mod:`gradviz.core.report_json`): ``command``, ``spec``,
+        ``topology``, ``statistics`` and ``annotations``.
+        """
+        from gradviz.core.report_json import FORMAT_VERSION, saved_inputs
+
         return {
+            "format_version": FORMAT_VERSION,
             "model": self.model_name,
             "losses": [loss_figures(l) for l in self.losses],
             "layers": [_layer_dict(info) for info in self.layers],
@@ -179,11 +201,38 @@ class Report:
             "findings": [finding_figures(f) for f in self.findings],
             "meta": self.meta,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            **saved_inputs(self),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
         """The JSON report as text."""
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Report:
+        """The report whose JSON data (:meth:`to_dict`) is ``data``, complete enough to draw every output again.
+
+        Needs no TensorFlow: diagrams, HTML, GraphML, the terminal summary and
+        weight scenarios of the result are byte-identical to those of the report
+        that was saved (see :func:`gradviz.core.report_json.report_from_dict`).
+
+        Raises:
+            ReportError: not a gradviz report, another format version, or damaged.
+        """
+        from gradviz.core.report_json import report_from_dict
+
+        return report_from_dict(data)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Report:
+        """The report whose JSON text (:meth:`to_json`, ``gradviz inspect --json``) is ``text``.
+
+        Raises:
+            ReportError: not JSON, not a gradviz report, another format version, or damaged.
+        """
+        from gradviz.core.report_json import report_from_json
+
+        return report_from_json(text)
 
 
 

@@ -246,10 +246,7 @@ def scenario_report(report: Report, weights: Mapping[str, float]) -> Report:
 
     Raises:
         LossSpecError: a name is not one of the report's losses.
-        ValueError: the report was not made by :func:`gradviz.analyze` (it lacks statistics).
     """
-    if report.stats is None or report.topology is None or report.spec is None:
-        raise ValueError("the report carries no gradient statistics; make it with gradviz.analyze")
     check_names(list(weights), report.spec.names, "weights")
     result = analyze_stats(report.topology, report.stats, report.spec.with_weights(weights), model_name=report.model_name)
     result.meta = dict(report.meta)
@@ -386,7 +383,7 @@ def suggest(report: Report, reference: str | None = None) -> Suggestion:
     their weight.
 
     Args:
-        report: an analysis made by :func:`gradviz.analyze`.
+        report: an analysis made by :func:`gradviz.analyze`, or one read back with :meth:`Report.from_json`.
         reference: a shared layer's name, ``trunk`` for all shared layers
             together, or None for the last shared layer (closest to the outputs).
 
@@ -397,8 +394,6 @@ def suggest(report: Report, reference: str | None = None) -> Suggestion:
     Raises:
         LossSpecError: ``reference`` is not a shared layer.
     """
-    if report.spec is None:
-        raise ValueError("the report carries no loss spec; make it with gradviz.analyze")
     current = {l.name: l.weight for l in report.losses}
     outputs = tuple(t.name for t in report.spec.output_terms)
     values = {l.name: l.value for l in report.losses}
@@ -586,7 +581,8 @@ def explore(
     """Every scenario asked for, from the statistics ``report`` carries.
 
     Args:
-        report: an analysis made by :func:`gradviz.analyze` (under the current weights).
+        report: an analysis made by :func:`gradviz.analyze` or read back with :meth:`Report.from_json`
+            (under the current weights).
         tries: weight assignments (``{loss: w}``; other losses keep their weight), one scenario each.
         sweeps: weights to sweep one loss through, one scenario per point.
         suggest_weights: also compute :func:`suggest` and add its scenarios.
@@ -598,8 +594,6 @@ def explore(
 
     Typical use: ``explore(gradviz.analyze("model.keras"), tries=[{"C": 1.0}], suggest_weights=True)``.
     """
-    if report.spec is None:
-        raise ValueError("the report carries no loss spec; make it with gradviz.analyze")
     if reference is not None and not suggest_weights:
         raise LossSpecError("`reference` only applies with `suggest_weights=True`")
     names = report.spec.names

@@ -352,7 +352,7 @@ def _topological(boxes: dict[str, _Box], edges: list[tuple[str, str]]) -> dict[s
 
 def _group(report: Report, name: str, members: list[str]) -> LayerInfo | None:
     weighted = [m for m in members if report.graph.nodes[m].get("trainable_params", 0) > 0]
-    if not weighted or report.stats is None:
+    if not weighted:
         return None
     return group_info(report, name, weighted)
 
@@ -799,10 +799,37 @@ def render(dot_source: str, fmt: str) -> bytes:
     if fmt not in GRAPHVIZ_FORMATS:
         raise OutputError(f"cannot render {fmt!r} with Graphviz; valid: {', '.join(GRAPHVIZ_FORMATS)}")
     try:
-        return graphviz.pipe("dot", fmt, dot_source.encode("utf-8"), quiet=True)
+        rendered = graphviz.pipe("dot", fmt, dot_source.encode("utf-8"), quiet=True)
+        return reproducible_pdf(rendered) if fmt == "pdf" else rendered
     except graphviz.ExecutableNotFound as e:
         raise GraphvizMissingError(INSTALL_HINT) from e
     except graphviz.CalledProcessError as e:
         stderr = e.stderr.decode("utf-8", "replace") if isinstance(e.stderr, bytes) else str(e.stderr or "")
         last = (stderr.strip().splitlines() or [str(e)])[-1]
         raise OutputError(f"Graphviz's dot failed: {last}") from e
+
+
+#: the creation date every PDF gets (the Unix epoch, as reproducible builds write it)
+PDF_DATE = b"D:19700101000000Z"
+
+
+def reproducible_pdf(pdf: bytes) -> bytes:
+    """``pdf`` with its creation date set to :data:`PDF_DATE`, so the same diagram gives the same bytes.
+
+    Cairo (Graphviz's PDF writer) stamps the current time into the document
+    info; older versions ignore ``SOURCE_DATE_EPOCH``. The date is replaced only
+    when the replacement has the same length, so the cross-reference offsets stay valid.
+
+    Example:
+        >>> reproducible_pdf(b"<< /CreationDate (D:20261127221801Z) >>")
+        b'<< /CreationDate (D:19700101000000Z) >>'
+        >>> reproducible_pdf(b"<< /CreationDate (D:20261127221801+01'00) >>")  # another length: kept
+        b"<< /CreationDate (D:20261127221801+01'00) >>"
+    """
+    import re
+
+    def fixed(match: re.Match[bytes]) -> bytes:
+        date = match.group(2)
+        return match.group(1) + (PDF_DATE if len(date) == len(PDF_DATE) else date) + b")"
+
+    return re.sub(rb"(/(?:CreationDate|ModDate) \()(D:[^)]*)\)", fixed, pdf)
