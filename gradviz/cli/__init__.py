@@ -15,6 +15,7 @@ from typing import Any, Callable, NoReturn, TypeVar
 
 import click
 
+from gradviz.backends.execution import EAGER_MAX_BATCHES, EAGER_MAX_GRADIENT_BYTES, EXECUTIONS
 from gradviz.errors import GradvizError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -72,6 +73,12 @@ def analysis_options(command: F) -> F:
                      help="mean-gradient: figures of the gradient averaged over batches (one float32 copy of "
                           "the weights per loss); per-batch: average of per-batch figures (no extra memory)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic data."),
+        click.option("--execution", type=click.Choice(list(EXECUTIONS)), default="auto",
+                     show_default=True,
+                     help="How gradients are computed: eager (no tracing: fastest for a few batches), compiled "
+                          f"(traced once, then fastest per batch), or auto: eager up to {EAGER_MAX_BATCHES} batches, "
+                          "compiled above, and when eager mode's per-loss gradient copies of the weights would pass "
+                          f"{EAGER_MAX_GRADIENT_BYTES // 2**20:,} MB."),
         click.option("--inference", is_flag=True,
                      help="Call the model with training=False (no dropout, BatchNorm moving statistics)."),
         click.option("--custom-objects", type=click.Path(dir_okay=False), metavar="FILE.py",
@@ -148,6 +155,7 @@ def run_analysis(model: str, **kwargs: Any) -> Any:
             custom_objects=kwargs["custom_objects"],
             unsafe=kwargs["unsafe"],
             progress=progress,
+            execution=kwargs["execution"],
         )
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from gradviz.backends.tensorflow.forward import loss_values
 from gradviz.backends.tensorflow.lockstep import LOCKSTEP_CYCLE, Lockstep, layer_key
 from gradviz.backends.tensorflow.reduce import reduce_all
 from gradviz.core.spec import regularization_name
@@ -34,15 +35,6 @@ if TYPE_CHECKING:
     import keras
 
     from gradviz.model.losses import ResolvedLoss
-
-
-def model_outputs(output_names: Sequence[str], y_pred: Any) -> dict[str, Any]:
-    """Name a model call's outputs."""
-    if isinstance(y_pred, dict):
-        return {str(k): v for k, v in y_pred.items()}
-    if isinstance(y_pred, (list, tuple)):
-        return dict(zip(output_names, y_pred))
-    return {output_names[0]: y_pred}
 
 
 class GradientPass:
@@ -129,16 +121,9 @@ class GradientPass:
         weights = [tf.convert_to_tensor(v) for v in self.variables]
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(weights)
-            y_pred, new_state, extra = self.model.stateless_call(
-                weights, state, x if len(x) > 1 else x[0], training=self.training, return_losses=True
+            values, new_state, extra = loss_values(
+                self.model, weights, state, x, ys, self.losses, self.output_names, self.training
             )
-            named = model_outputs(self.output_names, y_pred)
-            values = [
-                tf.cast(loss.for_targets(tuple(ys[loss.output].shape))(ys[loss.output], named[loss.output]), tf.float32)
-                for loss in self.losses
-            ]
-            if extra:
-                values.append(tf.cast(tf.add_n([tf.reduce_sum(tf.cast(e, tf.float32)) for e in extra]), tf.float32))
         graph = tf.compat.v1.get_default_graph()
         forward = graph.get_operations() if ordered else []
         dense, chains = [], []
