@@ -194,8 +194,7 @@ def _variable_stats(present: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndar
     """
     size = int(np.prod(present[0].shape))
     if size // GRAM_CHUNK >= 2 and all(g.dtype != np.float64 for g in present):
-        gram, max_abs, finite = gram_stats(present)
-        return gram.numpy(), max_abs.numpy(), finite.numpy()
+        return tuple(t.numpy() for t in gram_stats(present))  # type: ignore[return-value]
     flat = np.stack([np.asarray(g).reshape(-1).astype(np.float64) for g in present])
     finite: np.ndarray = np.isfinite(flat).all(axis=1)
     return flat @ flat.T, np.abs(flat).max(axis=1, initial=-np.inf), finite
