@@ -194,9 +194,10 @@ def _variable_stats(present: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndar
     """
     size = int(np.prod(present[0].shape))
     if size // GRAM_CHUNK >= 2 and all(g.dtype != np.float64 for g in present):
-        return tuple(t.numpy() for t in gram_stats(present))  # type: ignore[return-value]
+        gram, max_abs, finite_tf = gram_stats(present)
+        return gram.numpy(), max_abs.numpy(), finite_tf.numpy()
     flat = np.stack([np.asarray(g).reshape(-1).astype(np.float64) for g in present])
-    finite: np.ndarray = np.isfinite(flat).all(axis=1)
+    finite = np.asarray(np.isfinite(flat).all(axis=1))
     return flat @ flat.T, np.abs(flat).max(axis=1, initial=-np.inf), finite
 
 
