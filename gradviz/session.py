@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import keras
 
     from gradviz.backends import GradientBackend
+    from gradviz.backends.execution import Execution
     from gradviz.core.graph import Topology
     from gradviz.data import Data, TensorInfo
     from gradviz.model.loading import LoadedModel
@@ -124,7 +125,7 @@ class Session:
             )
         return self._backends[execution]
 
-    def choose_execution(self, batches: int) -> Any:
+    def choose_execution(self, batches: int) -> Execution:
         """How a run of ``batches`` batches computes its gradients (an :class:`~gradviz.backends.execution.Execution`)."""
         import math
 
