@@ -689,6 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tables", default=",".join(TABLES),
                         help=f"comma-separated tables to measure, of: {', '.join(TABLES)} (default: all); the others "
                              "are kept from the results.json already in --out, and RESULTS.md says so")
+    parser.add_argument("--memory-methods", default=",".join(MEMORY_METHODS),
+                        help=f"comma-separated methods of the memory table, of: {', '.join(MEMORY_METHODS)}; the "
+                             "others are kept from the results.json already in --out")
     parser.add_argument("--child-memory", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--child-stages", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -714,6 +717,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown table(s) {', '.join(sorted(set(tables) - set(TABLES)))}; valid: {', '.join(TABLES)}")
     if args.no_memory and "memory" in tables:
         tables.remove("memory")
+    memory_methods = [m for m in args.memory_methods.split(",") if m]
+    if set(memory_methods) - set(MEMORY_METHODS):
+        parser.error(f"unknown memory method(s) {', '.join(sorted(set(memory_methods) - set(MEMORY_METHODS)))}; "
+                     f"valid: {', '.join(MEMORY_METHODS)}")
     cases = [models.CASES[n] for n in names]
     command = "python benchmarks/run.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     results: dict[str, Any] = {"command": command.strip(), "machine": machine(), "timing": [], "memory": [],
@@ -728,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
                 gc.collect()
             if "memory" in tables:
                 log(f"{case.name}: memory (fresh process per method)")
-                methods = {m: measure_memory(case, m) for m in MEMORY_METHODS}
+                methods = {m: measure_memory(case, m) for m in memory_methods}
                 results["memory"].append({"model": case.name, "batch_size": case.batch_size, "methods": methods})
             if "stages" in tables:
                 log(f"{case.name}: stages of gradviz inspect (fresh process)")
@@ -746,22 +753,35 @@ def main(argv: list[str] | None = None) -> int:
     results["seconds"] = time.perf_counter() - started
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    keep_earlier(results, [t for t in TABLES if t not in tables], out / "results.json")
+    keep_earlier(results, [t for t in TABLES if t not in tables], out / "results.json",
+                 [m for m in MEMORY_METHODS if m not in memory_methods])
     (out / "RESULTS.md").write_text(markdown(results))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     log(f"wrote {out / 'RESULTS.md'} ({results['seconds']:.0f} s)")
     return 0
 
 
-def keep_earlier(results: dict[str, Any], tables: list[str], previous_file: Path) -> None:
-    """Fill the tables this run did not measure from an earlier ``results.json``, noting their date."""
-    if not tables or not previous_file.exists():
+def keep_earlier(results: dict[str, Any], tables: list[str], previous_file: Path,
+                 memory_methods: list[str] | None = None) -> None:
+    """Fill the tables (and memory methods) this run did not measure from an earlier ``results.json``, dated."""
+    if not (tables or memory_methods) or not previous_file.exists():
         return
     previous = json.loads(previous_file.read_text())
     for table in tables:
         if previous.get(table):
             results[table] = previous[table]
             results["kept"][table] = previous.get("kept", {}).get(table) or previous["machine"]["date"]
+    if memory_methods and "memory" not in tables:
+        earlier = {mem["model"]: mem["methods"] for mem in previous.get("memory", [])}
+        kept = False
+        for mem in results["memory"]:
+            for method in memory_methods:
+                if method in earlier.get(mem["model"], {}):
+                    mem["methods"][method] = earlier[mem["model"]][method]
+                    kept = True
+        if kept:
+            date = previous.get("kept", {}).get("memory") or previous["machine"]["date"]
+            results["kept"][f"memory of {', '.join(memory_methods)}"] = date
 
 
 if __name__ == "__main__":

@@ -193,12 +193,51 @@ def _variable_stats(present: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndar
     pass's chunked float32 products summed in float64, called eagerly (the same numbers).
     """
     size = int(np.prod(present[0].shape))
+    if size // GRAM_CHUNK >= 2 and all(g.dtype == np.float32 for g in present):
+        chunked = _chunked_stats(present)
+        if chunked is not None:
+            return chunked
     if size // GRAM_CHUNK >= 2 and all(g.dtype != np.float64 for g in present):
         gram, max_abs, finite_tf = gram_stats(present)
         return gram.numpy(), max_abs.numpy(), finite_tf.numpy()
     flat = np.stack([np.asarray(g).reshape(-1).astype(np.float64) for g in present])
     finite = np.asarray(np.isfinite(flat).all(axis=1))
     return flat @ flat.T, np.abs(flat).max(axis=1, initial=-np.inf), finite
+
+
+#: gradients whose largest entry lies within [2^-SAFE, 2^SAFE] need no scaling for float32 products
+SAFE_EXPONENT = 40
+
+
+def _chunked_stats(present: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`~gradviz.backends.tensorflow.reduce.gram_stats`'s chunked products, in NumPy and without copies.
+
+    The same arithmetic: float32 products over blocks of ``GRAM_CHUNK`` entries, summed in
+    float64. ``gram_stats`` first divides each gradient by a power of two near its largest
+    entry (a full copy) so that products neither underflow nor overflow; when every largest
+    entry is within ``2^+-SAFE_EXPONENT`` (squares and their block sums stay far inside float32's
+    range), that division changes no product and is skipped here, and the blocks are read
+    straight from the gradients (one small (K, GRAM_CHUNK) block at a time). None otherwise
+    (non-finite or extreme gradients): the caller uses ``gram_stats`` itself.
+    """
+    flats = [np.asarray(g).reshape(-1) for g in present]
+    max_abs = np.array([max(float(f.max()), -float(f.min())) for f in flats])
+    if not (np.isfinite(max_abs).all() and
+            ((max_abs == 0) | ((max_abs >= 2.0**-SAFE_EXPONENT) & (max_abs <= 2.0**SAFE_EXPONENT))).all()):
+        return None
+    k, size = len(flats), flats[0].size
+    gram = np.zeros((k, k))
+    block = np.empty((k, GRAM_CHUNK), np.float32)
+    for start in range(0, size, GRAM_CHUNK):
+        stop = min(start + GRAM_CHUNK, size)
+        if stop - start < GRAM_CHUNK:  # the tail, in float64 as gram_stats does
+            tail = np.stack([f[start:stop] for f in flats]).astype(np.float64)
+            gram += tail @ tail.T
+            break
+        for i, f in enumerate(flats):
+            block[i] = f[start:stop]
+        gram += (block @ block.T).astype(np.float64)
+    return gram, max_abs, np.ones(k, dtype=bool)
 
 
 #: marks a gradient that existed and has been reduced (so existence survives the release)
