@@ -10,8 +10,11 @@ For each model, in one process and after warm-up, it times gradviz's gradient
 pass (``Session.backend.run``, what ``analyze`` runs after tracing) and the three peers of ``peers.py`` over the
 same batches, interleaving repeats and reporting medians. Peak memory is
 measured per method in a fresh subprocess; the stages of ``gradviz inspect``
-in another fresh subprocess. The results are written as Markdown
-(``RESULTS.md``) and JSON (``results.json``) into ``--out``.
+in another fresh subprocess. Time to the answer is measured as users feel it:
+whole processes of ``gradviz inspect`` against hand-written ones
+(``handwritten.py``), each started fresh. The results are written as Markdown
+(``RESULTS.md``) and JSON (``results.json``) into ``--out``; ``--tables`` measures
+only some tables and keeps the others from the ``results.json`` already there.
 """
 
 from __future__ import annotations
@@ -42,7 +45,17 @@ import peers  # noqa: E402
 METHODS = ("gradviz",) + peers.PEERS
 #: gradviz with its backward passes left unordered (GradientPass(lockstep=False)), in the memory table
 UNORDERED = "gradviz-unordered"
-MEMORY_METHODS = ("gradviz", UNORDERED) + peers.PEERS
+#: gradviz's eager pass (EagerPass: what `auto` runs for a few batches), in the memory table
+EAGER = "gradviz-eager"
+MEMORY_METHODS = ("gradviz", UNORDERED, EAGER) + peers.PEERS
+#: the whole-process table: models, batch size, batch counts
+PROCESS_CASES = (("resnet50_3", 16), ("mobilenetv2_12", 16))
+PROCESS_BATCHES = (1, 8)
+#: its competitors: handwritten.py's two methods
+HANDWRITTEN = {"hand-eager": "eager", "hand-tf.function": "function"}
+#: target of issue 12: gradviz inspect's whole process vs the faster hand-written one
+TARGET_PROCESS = 1.2
+TABLES = ("timing", "memory", "stages", "process", "graph")
 #: targets of issue 6 (ratios)
 TARGET_VS_FLOOR = 1.15
 TARGET_NAIVE_SPEEDUP = 1.3
@@ -62,6 +75,7 @@ class Prepared:
 
     def __init__(self, name: str, batch_size: int, batches: int) -> None:
         import gradviz
+        from gradviz.backends.tensorflow.eager_pass import EagerPass
         from gradviz.backends.tensorflow.gradient_pass import GradientPass
 
         self.name = name
@@ -71,8 +85,9 @@ class Prepared:
         self.outputs = self.session.outputs
         self.terms = self.session.losses
         self.data = self.session.data(batch_size=batch_size, batches=batches, seed=0)
-        self.gradient_pass = self.session.backend
+        self.gradient_pass = self.session.backend_for("compiled")
         self.unordered = GradientPass(self.model, self.terms, self.outputs, lockstep=False)
+        self.eager = EagerPass(self.model, self.terms, self.outputs)
         xs, ys = self.data.batch(0)
         self.peers = peers.build_peers(
             self.model, self.outputs, [loss.output for loss in self.terms],
@@ -86,6 +101,8 @@ class Prepared:
             return lambda: self.gradient_pass.run(self.data)
         if name == UNORDERED:
             return lambda: self.unordered.run(self.data)
+        if name == EAGER:
+            return lambda: self.eager.run(self.data)
         peer = self.peers[name]
         return lambda: peers.run_peer(peer, self.data)
 
@@ -96,6 +113,8 @@ class Prepared:
         xs, ys = self.data.batch(0)
         x = [tf.convert_to_tensor(a) for a in xs]
         y = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
+        if name == EAGER:
+            return  # nothing to trace
         if name in ("gradviz", UNORDERED):
             gradient_pass = self.gradient_pass if name == "gradviz" else self.unordered
             state = [tf.convert_to_tensor(v) for v in gradient_pass.state_variables]
@@ -258,7 +277,8 @@ def child_stages(model: str, path: str, batch_size: int, batches: int) -> dict[s
     dot_seconds = _timed(lambda: dot_source(report))
     text, made_by = dot_source(report)
     return {"import_tf": imports, **report.timings, "dot": dot_seconds, "dot_by": made_by,
-            "nodes": report.graph.number_of_nodes(), "dot_chars": len(text)}
+            "nodes": report.graph.number_of_nodes(), "dot_chars": len(text),
+            "execution": report.meta.get("execution")}
 
 
 def measure_stages(case: models.Case, workdir: Path) -> dict[str, Any]:
@@ -276,6 +296,60 @@ def measure_stages(case: models.Case, workdir: Path) -> dict[str, Any]:
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]}
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+# ---------------------------------------------------------------- time to the answer (whole processes)
+
+
+def saved_model(name: str, workdir: Path) -> Path:
+    """The model as a user's ``.keras`` file (the bundled sample for shared_trunk)."""
+    if name == "shared_trunk":
+        return ROOT / "samples" / "shared_trunk.keras"
+    path = workdir / f"{name}.keras"
+    if not path.exists():
+        models.build(name).save(path)
+    return path
+
+
+def process_command(method: str, path: Path, batch_size: int, batches: int) -> list[str]:
+    """The command line of one whole process: ``gradviz inspect`` or a hand-written one."""
+    if method == "gradviz":
+        return [sys.executable, "-m", "gradviz.cli", "inspect", str(path), "--batch-size", str(batch_size),
+                "--batches", str(batches), "--json"]
+    return [sys.executable, str(HERE / "handwritten.py"), HANDWRITTEN[method], str(path), str(batch_size),
+            str(batches)]
+
+
+def measure_processes(name: str, batch_size: int, batch_counts: tuple[int, ...], workdir: Path,
+                      log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Wall time of whole fresh processes, start to exit: gradviz inspect and the two hand-written ones.
+
+    Each process runs once per row (they are long); the order of the three rotates from row to row.
+    """
+    path = saved_model(name, workdir)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
+        "PYTHONPATH", "")]).rstrip(os.pathsep)}
+    methods = ["gradviz", *HANDWRITTEN]
+    rows = []
+    for i, batches in enumerate(batch_counts):
+        row: dict[str, Any] = {"model": name, "batch_size": batch_size, "batches": batches, "seconds": {},
+                               "errors": {}, "execution": None, "load_before": os.getloadavg()[0]}
+        for method in methods[i % 3:] + methods[:i % 3]:
+            start = time.perf_counter()
+            proc = subprocess.run(process_command(method, path, batch_size, batches), capture_output=True, text=True,
+                                  timeout=3600, env=env)
+            seconds = time.perf_counter() - start
+            if proc.returncode != 0:
+                row["errors"][method] = (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]
+                log(f"  {name} x {batches}: {method} failed: {row['errors'][method]}")
+                continue
+            row["seconds"][method] = seconds
+            if method == "gradviz":
+                row["execution"] = json.loads(proc.stdout)["meta"].get("execution")
+            log(f"  {name} x {batches}: {method} {seconds:.1f}s")
+        row["load_after"] = os.getloadavg()[0]
+        rows.append(row)
+    return rows
 
 
 # ---------------------------------------------------------------- graph size and --help
@@ -372,6 +446,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram']} RAM, GPU: {m['gpu']}; "
         f"Python {m['python']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}; {m['date']}.",
+        *kept_note(results),
         "",
         "## Gradient pass: gradviz vs hand-written tapes",
         "",
@@ -441,20 +516,23 @@ def markdown(results: dict[str, Any]) -> str:
         "growth and one-time costs, not what is live. **gradviz unordered** is gradviz's pass without its lockstep "
         "ordering (`GradientPass(lockstep=False)`): TensorFlow then runs one loss's backward pass ahead of the "
         "others, and each gradient waits for the other losses' gradients of the same variable (the Gram matrix "
-        "needs all K). Peaks below "
+        "needs all K). **gradviz eager** is the eager pass (`EagerPass`, what `--execution auto` runs for a few "
+        "batches): one forward under a persistent tape, then K `tape.gradient` calls, so the K gradient lists (K "
+        "float32 copies of the weights) are alive together before the reduction. Peaks below "
         f"{MEMORY_NOISE_MB:.0f} MB are small fixed buffers and not judged.",
         "",
-        "| model | batch | gradviz MB | gradviz unordered MB | floor MB | naive MB | joint MB | gradviz / floor "
-        "| unordered / floor |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | batch | gradviz MB | gradviz unordered MB | gradviz eager MB | floor MB | naive MB | joint MB "
+        "| gradviz / floor | unordered / floor | eager / floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mem in results["memory"]:
         peak = {k: v.get("peak_mb") for k, v in mem["methods"].items()}
         lines.append(
             f"| {mem['model']} | {mem['batch_size']} | {_f(peak.get('gradviz'), 1)} | {_f(peak.get(UNORDERED), 1)} "
-            f"| {_f(peak.get('floor'), 1)} | {_f(peak.get('naive'), 1)} | {_f(peak.get('joint'), 1)} "
-            f"| {_f(_ratio(peak.get('gradviz'), peak.get('floor')), 2)} "
-            f"| {_f(_ratio(peak.get(UNORDERED), peak.get('floor')), 2)} |"
+            f"| {_f(peak.get(EAGER), 1)} | {_f(peak.get('floor'), 1)} | {_f(peak.get('naive'), 1)} "
+            f"| {_f(peak.get('joint'), 1)} | {_f(_ratio(peak.get('gradviz'), peak.get('floor')), 2)} "
+            f"| {_f(_ratio(peak.get(UNORDERED), peak.get('floor')), 2)} "
+            f"| {_f(_ratio(peak.get(EAGER), peak.get('floor')), 2)} |"
         )
     failed = [(mem["model"], k, v["error"]) for mem in results["memory"] for k, v in mem["methods"].items()
               if "error" in v]
@@ -466,23 +544,27 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "`gradviz.analyze(saved model file)` in a fresh interpreter (what `gradviz inspect FILE` runs), seconds. "
         "`import` is importing TensorFlow and Keras; `load` rebuilds the model from the file; `gradients` is the whole "
-        "gradient pass including the first-call trace (also in the JSON report's `timings`); `warm pass` is the "
-        "median above, so `gradients - warm pass` is roughly the trace; `dot` builds the DOT text "
+        "gradient pass including the first-call trace when compiled (also in the JSON report's `timings`); "
+        "`execution` is what `--execution auto` chose for the model's batches; `warm pass` is the compiled median "
+        "above, so for a compiled run `gradients - warm pass` is roughly the trace; `dot` builds the DOT text "
         "(`render`, running the `dot` program, is not timed).",
         "",
-        "| model | nodes | import | load | graph | gradients | warm pass | trace (approx.) | analysis | dot | total |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | nodes | import | load | graph | execution | gradients | warm pass | trace (approx.) | analysis "
+        "| dot | total |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     warm = {t["model"]: t["median"].get("gradviz") for t in results["timing"]}
     for st in results["stages"]:
         s = st["stages"]
         if "error" in s:
-            lines.append(f"| {st['model']} | failed: `{s['error']}` |||||||||")
+            lines.append(f"| {st['model']} | failed: `{s['error']}` ||||||||||")
             continue
         w = warm.get(st["model"])
+        execution = s.get("execution") or "compiled"
+        trace = None if w is None or execution != "compiled" else s["gradients"] - w
         lines.append(
             f"| {st['model']} | {s['nodes']} | {_f(s['import_tf'], 2)} | {_f(s['load'], 2)} | {_f(s['graph'], 3)} "
-            f"| {_f(s['gradients'], 2)} | {_f(w, 2)} | {_f(None if w is None else s['gradients'] - w, 2)} "
+            f"| {execution} | {_f(s['gradients'], 2)} | {_f(w, 2)} | {_f(trace, 2)} "
             f"| {_f(s['analysis'], 3)} | {_f(s['dot'], 3)} | {_f(s['total'], 2)} |"
         )
     by = {st["stages"].get("dot_by") for st in results["stages"]} - {None}
@@ -496,11 +578,62 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_f(g['topology'])} s + analysis {_f(g['analysis'])} s + DOT {_f(g['dot'])} s = **{_f(g['total'])} s** "
             f"(DOT by {g['dot_by']}).",
         ]
+    lines += process_markdown(results)
     lines += ["", "## Targets", "", "| target | measured | |", "|---|---|---|"]
     for target, measured, ok in targets(results):
         lines.append(f"| {target} | {measured} | {_mark(ok)} |")
     lines += ["", "Machines are noisy: ratios within a few percent of a target can land on either side between runs.", ""]
     return "\n".join(lines)
+
+
+def _faster_handwritten(row: dict[str, Any]) -> float | None:
+    times = [row["seconds"][m] for m in HANDWRITTEN if m in row["seconds"]]
+    return min(times) if times else None
+
+
+def process_markdown(results: dict[str, Any]) -> list[str]:
+    """The whole-process table (time to the answer)."""
+    rows = results.get("process", [])
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Time to the answer: whole processes",
+        "",
+        "Wall time of one fresh process each, from start to exit, as a user waits for it: **gradviz** is "
+        "`gradviz inspect MODEL.keras --batch-size B --batches N --json` (everything: imports, loading, graph, "
+        "gradients with `--execution auto`, analysis, the JSON report); **hand eager** and **hand tf.function** are "
+        "`benchmarks/handwritten.py`: import TensorFlow, `keras.saving.load_model` the same file, seeded synthetic "
+        "data, and per batch one forward under a persistent tape + one `tape.gradient` per loss reduced to squared "
+        "norms, op by op or inside one `tf.function`. Each process ran once (they are long), the three in rotating "
+        "order; `load` is the 1-minute load average before and after the row (2 cores: above 2 the machine was "
+        "shared, and every time is inflated).",
+        "",
+        "| model | batch x batches | gradviz s (execution) | hand eager s | hand tf.function s | gradviz / faster "
+        "| load |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        sec = row["seconds"]
+        lines.append(
+            f"| {row['model']} | {row['batch_size']} x {row['batches']} | {_f(sec.get('gradviz'), 1)} "
+            f"({row.get('execution') or '-'}) | {_f(sec.get('hand-eager'), 1)} | {_f(sec.get('hand-tf.function'), 1)} "
+            f"| {_f(_ratio(sec.get('gradviz'), _faster_handwritten(row)), 2)} "
+            f"| {row.get('load_before', 0):.1f} / {row.get('load_after', 0):.1f} |"
+        )
+    failed = [(r["model"], r["batches"], k, e) for r in rows for k, e in r.get("errors", {}).items()]
+    if failed:
+        lines += ["", "Failed: " + "; ".join(f"{m} x {b} {k}: `{e}`" for m, b, k, e in failed)]
+    return lines
+
+
+def kept_note(results: dict[str, Any]) -> list[str]:
+    """A line naming the tables this run did not measure (kept from an earlier run, with its date)."""
+    kept = results.get("kept", {})
+    if not kept:
+        return []
+    return ["", "Not re-measured in this run, kept from earlier runs: "
+            + "; ".join(f"{table} ({date})" for table, date in sorted(kept.items())) + "."]
 
 
 def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
@@ -527,6 +660,11 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         out.append((f"{mem['model']}: peak memory <= {TARGET_MEMORY}x floor (one batch)",
                     f"{_f(g, 1)} / {_f(f, 1)} MB = {_f(r, 2)}x" + ("" if judged else " (noise level)"),
                     (r is not None and r <= TARGET_MEMORY) if judged else None))
+    for row in results.get("process", []):
+        faster = _faster_handwritten(row)
+        r = _ratio(row["seconds"].get("gradviz"), faster)
+        out.append((f"{row['model']} x {row['batches']} batch(es): `gradviz inspect` <= {TARGET_PROCESS}x the faster "
+                    "hand-written process", f"{_f(r, 2)}x", None if r is None else r <= TARGET_PROCESS))
     g = results.get("graph")
     if g:
         out.append((f"topology + analysis + DOT for ~800 nodes < {TARGET_GRAPH_SECONDS:.0f} s",
@@ -548,6 +686,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per method (default per model)")
     parser.add_argument("--out", default=str(HERE), help="directory for RESULTS.md and results.json")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--tables", default=",".join(TABLES),
+                        help=f"comma-separated tables to measure, of: {', '.join(TABLES)} (default: all); the others "
+                             "are kept from the results.json already in --out, and RESULTS.md says so")
+    parser.add_argument("--memory-methods", default=",".join(MEMORY_METHODS),
+                        help=f"comma-separated methods of the memory table, of: {', '.join(MEMORY_METHODS)}; the "
+                             "others are kept from the results.json already in --out")
     parser.add_argument("--child-memory", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--child-stages", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -568,34 +712,76 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(models.CASES))
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(models.CASES)}")
+    tables = [t for t in args.tables.split(",") if t]
+    if set(tables) - set(TABLES):
+        parser.error(f"unknown table(s) {', '.join(sorted(set(tables) - set(TABLES)))}; valid: {', '.join(TABLES)}")
+    if args.no_memory and "memory" in tables:
+        tables.remove("memory")
+    memory_methods = [m for m in args.memory_methods.split(",") if m]
+    if set(memory_methods) - set(MEMORY_METHODS):
+        parser.error(f"unknown memory method(s) {', '.join(sorted(set(memory_methods) - set(MEMORY_METHODS)))}; "
+                     f"valid: {', '.join(MEMORY_METHODS)}")
     cases = [models.CASES[n] for n in names]
     command = "python benchmarks/run.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     results: dict[str, Any] = {"command": command.strip(), "machine": machine(), "timing": [], "memory": [],
-                               "stages": []}
+                               "stages": [], "process": [], "kept": {}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gradviz-bench-") as tmp:
         for case in cases:
-            repeats = args.repeats or (3 if args.quick else case.repeats)
-            log(f"{case.name}: timing ({repeats} repeats, batch {case.batch_size} x {case.batches})")
-            results["timing"].append(time_methods(case, repeats, log))
-            gc.collect()
-            if not args.no_memory:
+            if "timing" in tables:
+                repeats = args.repeats or (3 if args.quick else case.repeats)
+                log(f"{case.name}: timing ({repeats} repeats, batch {case.batch_size} x {case.batches})")
+                results["timing"].append(time_methods(case, repeats, log))
+                gc.collect()
+            if "memory" in tables:
                 log(f"{case.name}: memory (fresh process per method)")
-                methods = {m: measure_memory(case, m) for m in MEMORY_METHODS}
+                methods = {m: measure_memory(case, m) for m in memory_methods}
                 results["memory"].append({"model": case.name, "batch_size": case.batch_size, "methods": methods})
-            log(f"{case.name}: stages of gradviz inspect (fresh process)")
-            results["stages"].append({"model": case.name, "stages": measure_stages(case, Path(tmp))})
-    if not args.quick:
+            if "stages" in tables:
+                log(f"{case.name}: stages of gradviz inspect (fresh process)")
+                results["stages"].append({"model": case.name, "stages": measure_stages(case, Path(tmp))})
+        if "process" in tables:
+            process_cases = (("shared_trunk", 32),) if args.quick else PROCESS_CASES
+            for name, batch_size in process_cases:
+                counts = (1,) if args.quick else PROCESS_BATCHES
+                log(f"{name}: whole processes (batch {batch_size} x {', '.join(map(str, counts))})")
+                results["process"] += measure_processes(name, batch_size, counts, Path(tmp), log)
+    if "graph" in tables and not args.quick:
         log("graph of ~800 nodes")
         results["graph"] = graph_check()
     results["help_imports_tensorflow"] = help_imports_tensorflow()
     results["seconds"] = time.perf_counter() - started
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    keep_earlier(results, [t for t in TABLES if t not in tables], out / "results.json",
+                 [m for m in MEMORY_METHODS if m not in memory_methods])
     (out / "RESULTS.md").write_text(markdown(results))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     log(f"wrote {out / 'RESULTS.md'} ({results['seconds']:.0f} s)")
     return 0
+
+
+def keep_earlier(results: dict[str, Any], tables: list[str], previous_file: Path,
+                 memory_methods: list[str] | None = None) -> None:
+    """Fill the tables (and memory methods) this run did not measure from an earlier ``results.json``, dated."""
+    if not (tables or memory_methods) or not previous_file.exists():
+        return
+    previous = json.loads(previous_file.read_text())
+    for table in tables:
+        if previous.get(table):
+            results[table] = previous[table]
+            results["kept"][table] = previous.get("kept", {}).get(table) or previous["machine"]["date"]
+    if memory_methods and "memory" not in tables:
+        earlier = {mem["model"]: mem["methods"] for mem in previous.get("memory", [])}
+        kept = False
+        for mem in results["memory"]:
+            for method in memory_methods:
+                if method in earlier.get(mem["model"], {}):
+                    mem["methods"][method] = earlier[mem["model"]][method]
+                    kept = True
+        if kept:
+            date = previous.get("kept", {}).get("memory") or previous["machine"]["date"]
+            results["kept"][f"memory of {', '.join(memory_methods)}"] = date
 
 
 if __name__ == "__main__":

@@ -37,9 +37,30 @@ def import_tensorflow_quietly(debug: bool = False) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" in sys.modules and "keras" in sys.modules:
         return
-    with native_stderr_discarded():
+    with native_stderr_discarded(), _matplotlib_hidden():
         import tensorflow  # noqa: F401
         import keras  # noqa: F401
+
+
+@contextlib.contextmanager
+def _matplotlib_hidden() -> Iterator[None]:
+    """Keep Keras's import from importing matplotlib, which gradviz's CLI needs only for sweep plots.
+
+    ``keras.src.visualization`` tries ``import matplotlib.pyplot`` at import time and
+    falls back when it fails (its image-gallery helpers, which gradviz never calls,
+    then say matplotlib is missing); pyplot costs a few hundred milliseconds of every
+    ``gradviz inspect``. Afterwards matplotlib imports normally (``gradviz weights -o
+    plot.png`` still draws). Nothing is hidden when matplotlib is already imported.
+    """
+    if "matplotlib" in sys.modules:
+        yield
+        return
+    sys.modules["matplotlib"] = None  # type: ignore[assignment]  # makes `import matplotlib...` fail
+    try:
+        yield
+    finally:
+        if sys.modules.get("matplotlib", 0) is None:
+            del sys.modules["matplotlib"]
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import keras
 
     from gradviz.backends import GradientBackend
+    from gradviz.backends.execution import Execution
     from gradviz.core.graph import Topology
     from gradviz.data import Data, TensorInfo
     from gradviz.model.loading import LoadedModel
@@ -75,6 +76,8 @@ class Session:
         training: whether the model is called in training mode.
         batch_mode: ``mean-gradient`` or ``per-batch``.
         thresholds: when figures become findings.
+        execution: ``auto``, ``eager`` or ``compiled``: how the gradient pass runs
+            (:mod:`gradviz.backends.execution`); ``auto`` decides per run.
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class Session:
         batch_mode: str,
         thresholds: Thresholds,
         timer: Timer,
+        execution: str = "auto",
     ) -> None:
         self.loaded = loaded
         self.model: keras.Model = loaded.model
@@ -102,22 +106,38 @@ class Session:
         self.thresholds = thresholds
         self._regularization_weight = regularization_weight
         self._prepare_timings = dict(timer.seconds)
-        self._backend: GradientBackend | None = None
+        self.execution = execution
+        self._backends: dict[str, GradientBackend] = {}
+        self._last_execution: str | None = None
 
     @property
     def backend(self) -> GradientBackend:
-        """The gradient backend (built on first use; compiled on the first run)."""
-        if self._backend is None:
+        """The gradient backend the last run used; before any run, the compiled one (unless ``execution='eager'``)."""
+        return self.backend_for(self._last_execution or ("eager" if self.execution == "eager" else "compiled"))
+
+    def backend_for(self, execution: str) -> GradientBackend:
+        """The ``eager`` or ``compiled`` gradient backend (built on first use; compiled on its first run)."""
+        if execution not in self._backends:
             from gradviz import backends
 
-            self._backend = backends.create(
-                self.model, self.losses, self.outputs, training=self.training, mode=self.batch_mode
+            self._backends[execution] = backends.create(
+                self.model, self.losses, self.outputs, training=self.training, mode=self.batch_mode,
+                execution=execution,
             )
-        return self._backend
+        return self._backends[execution]
+
+    def choose_execution(self, batches: int) -> Execution:
+        """How a run of ``batches`` batches computes its gradients (an :class:`~gradviz.backends.execution.Execution`)."""
+        import math
+
+        from gradviz.backends import execution
+
+        params = sum(math.prod(int(d) for d in v.shape) for v in self.model.trainable_variables)
+        return execution.choose(self.execution, batches=batches, losses=len(self.losses), params=params)
 
     def tracing_count(self) -> int:
         """How many times the gradient pass has been compiled (traced) so far."""
-        return self._backend.tracing_count() if self._backend is not None else 0
+        return sum(backend.tracing_count() for backend in self._backends.values())
 
     def input_infos(self) -> list[TensorInfo]:
         """The model's inputs as data must match them (name, shape, dtype, id range)."""
@@ -197,8 +217,10 @@ class Session:
         start = time.perf_counter()
         with timer.stage("data"):
             batches_data = self.data(data, batch_size=batch_size, batches=batches, seed=seed)
+        chosen = self.choose_execution(batches_data.batches)
+        self._last_execution = chosen.mode
         with timer.stage("gradients"):
-            stats = self.backend.run(batches_data, progress=progress, seed=seed)
+            stats = self.backend_for(chosen.mode).run(batches_data, progress=progress, seed=seed)
         spec = self.spec
         reg_name = regularization_name(self.outputs)
         if stats.has_regularization:
@@ -234,7 +256,9 @@ class Session:
             "training": self.training,
             "random_layers": random_layers,
             "graph_complete": self.topology.complete,
-            **self.backend.meta,
+            **self.backend_for(chosen.mode).meta,
+            "execution": chosen.mode,
+            "execution_reason": chosen.reason,
         }
         return report
 
@@ -249,6 +273,7 @@ def prepare(
     custom_objects: str | Path | None = None,
     unsafe: bool = False,
     thresholds: Thresholds = Thresholds(),
+    execution: str = "auto",
 ) -> Session:
     """Load or wrap a model, walk its graph and resolve each of its losses once.
 
@@ -263,6 +288,8 @@ def prepare(
         custom_objects: a Python file defining custom layers and losses.
         unsafe: allow Lambda layers in model files (runs their code).
         thresholds: when figures become findings.
+        execution: ``auto`` (default: eager for a few batches, compiled when tracing pays
+            off), ``eager`` or ``compiled``; see :mod:`gradviz.backends.execution`.
 
     Returns:
         A :class:`Session`; ``session.run(...)`` analyses data.
@@ -283,6 +310,9 @@ def prepare(
 
     if batch_mode not in BATCH_MODES:
         raise DataError(f"unknown batch mode {batch_mode!r}; valid: {', '.join(BATCH_MODES)}")
+    from gradviz.backends.execution import check
+
+    check(execution)
     timer = Timer()
     with timer.stage("load"):
         if isinstance(model, (str, Path)):
@@ -320,7 +350,7 @@ def prepare(
     return Session(
         loaded, topo, outputs, spec, resolved,
         regularization_weight=reg_weight, training=training, batch_mode=batch_mode, thresholds=thresholds,
-        timer=timer,
+        timer=timer, execution=execution,
     )
 
 
@@ -339,6 +369,7 @@ def analyze(
     unsafe: bool = False,
     thresholds: Thresholds = Thresholds(),
     progress: Progress | None = None,
+    execution: str = "auto",
 ) -> Report:
     """Analyse how each loss's gradient flows through a Keras model: ``prepare(...).run(...)``.
 
@@ -360,6 +391,8 @@ def analyze(
         unsafe: allow Lambda layers in model files (runs their code).
         thresholds: when figures become findings.
         progress: called with ``(batches done, batches)``.
+        execution: ``auto`` (default), ``eager`` or ``compiled``: how the gradient pass runs
+            (see :func:`prepare`).
 
     Returns:
         The :class:`~gradviz.core.report.Report` (``.graph``, ``.to_json()``).
@@ -369,6 +402,6 @@ def analyze(
     """
     session = prepare(
         model, losses=losses, loss_weights=loss_weights, training=training, batch_mode=batch_mode,
-        custom_objects=custom_objects, unsafe=unsafe, thresholds=thresholds,
+        custom_objects=custom_objects, unsafe=unsafe, thresholds=thresholds, execution=execution,
     )
     return session.run(data, batch_size=batch_size, batches=batches, seed=seed, progress=progress)

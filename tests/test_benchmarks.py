@@ -16,7 +16,7 @@ def test_quick_benchmark_writes_tables(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--models", "shared_trunk",
          "--repeats", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True, text=True, timeout=1800, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = (out / "RESULTS.md").read_text()
@@ -30,10 +30,16 @@ def test_quick_benchmark_writes_tables(tmp_path: Path) -> None:
     assert set(timing["median"]) == {"gradviz", "floor", "naive", "joint"}
     assert all(v > 0 for v in timing["median"].values())
     memory = results["memory"][0]["methods"]
-    assert set(memory) == {"gradviz", "gradviz-unordered", "floor", "naive", "joint"}
+    assert set(memory) == {"gradviz", "gradviz-unordered", "gradviz-eager", "floor", "naive", "joint"}
     assert all(m["peak_mb"] > 0 for m in memory.values())
     assert {"load", "graph", "gradients", "total"} <= set(results["stages"][0]["stages"])
     assert results["help_imports_tensorflow"] is False
+    # time to the answer: whole processes of gradviz inspect and the two hand-written ones
+    assert "## Time to the answer: whole processes" in text
+    (row,) = results["process"]
+    assert set(row["seconds"]) == {"gradviz", "hand-eager", "hand-tf.function"}, row["errors"]
+    assert row["execution"] == "eager" and all(v > 0 for v in row["seconds"].values())
+    assert "| shared_trunk | 32 x 1 |" in text
 
 
 def test_unknown_model_is_a_usage_error(tmp_path: Path) -> None:

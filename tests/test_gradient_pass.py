@@ -303,13 +303,13 @@ def test_lockstep_without_graph_internals_still_computes(monkeypatch: pytest.Mon
 
 def test_session_runs_many_times_and_traces_once(sample_path: Callable[[str], Any]) -> None:
     """prepare() once, run() twice: the same report as analyze(), and the pass traced once."""
-    session = gradviz.prepare(sample_path("shared_trunk"))
+    session = gradviz.prepare(sample_path("shared_trunk"), execution="compiled")
     first = session.run(batch_size=8, batches=1, seed=3)
     traced = session.tracing_count()
     assert traced >= 1
     second = session.run(batch_size=8, batches=1, seed=3)
     assert session.tracing_count() == traced
-    expected = gradviz.analyze(sample_path("shared_trunk"), batch_size=8, batches=1, seed=3)
+    expected = gradviz.analyze(sample_path("shared_trunk"), batch_size=8, batches=1, seed=3, execution="compiled")
     for report in (first, second):
         assert {k: v for k, v in report.to_dict().items() if k != "timings"} == {
             k: v for k, v in expected.to_dict().items() if k != "timings"

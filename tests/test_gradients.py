@@ -251,8 +251,9 @@ def test_list_losses_with_dict_weights_are_weighted_as_keras_trains_them(tmp_pat
         assert var.combined_grad_norm == pytest.approx(np.linalg.norm(applied[var.path]), rel=1e-4), var.path
 
 
+@pytest.mark.parametrize("execution", ["eager", "compiled"])
 @pytest.mark.parametrize("scale", [1e-21, 1e21])
-def test_large_variable_norms_survive_extreme_gradient_sizes(scale: float) -> None:
+def test_large_variable_norms_survive_extreme_gradient_sizes(scale: float, execution: str) -> None:
     """Variables over two Gram chunks use float32 products: tiny or huge gradients must not under/overflow."""
     def build(s: float) -> keras.Model:
         keras.utils.set_random_seed(0)
@@ -262,8 +263,8 @@ def test_large_variable_norms_survive_extreme_gradient_sizes(scale: float) -> No
         model.compile(loss=[lambda y, p: s * ops.mean(ops.square(y - p))] * 2)
         return model
 
-    reference = gradviz.analyze(build(1.0), batch_size=8).layer("big").grad_norm
-    scaled = gradviz.analyze(build(scale), batch_size=8)
+    reference = gradviz.analyze(build(1.0), batch_size=8, execution=execution).layer("big").grad_norm
+    scaled = gradviz.analyze(build(scale), batch_size=8, execution=execution)
     for name, norm in scaled.layer("big").grad_norm.items():
         assert norm / scale == pytest.approx(reference[name], rel=1e-6)
     assert scaled.layer("big").status == "shared" and not scaled.findings_of("nan-gradient")

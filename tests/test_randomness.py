@@ -54,8 +54,11 @@ def _nested_model(seed: int = 0) -> keras.Model:
 
 
 def _without_timings(stdout: str) -> dict[str, Any]:
+    """The report without what may differ between identical runs: timings, and the command line
+    (it names the run's own -o file)."""
     report = json.loads(stdout)
     report.pop("timings")
+    report.pop("command")
     return dict(report)
 
 

@@ -69,7 +69,10 @@ def assert_same(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> 
     {"batches": 3},
     {"batches": 2, "batch_mode": "per-batch"},
     {"training": False},
-], ids=["training-1-batch", "mean-gradient-3-batches", "per-batch", "inference"])
+    {"execution": "compiled"},
+    {"batches": 3, "execution": "compiled"},
+], ids=["training-1-batch", "mean-gradient-3-batches", "per-batch", "inference", "compiled-1-batch",
+        "compiled-3-batches"])
 def test_model_and_optimizer_unchanged(options: dict[str, Any]) -> None:
     model = trained_model()
     assert int(model.optimizer.iterations.numpy()) == 1

@@ -65,8 +65,13 @@ def create(
     *,
     training: bool,
     mode: str,
+    execution: str = "compiled",
 ) -> GradientBackend:
     """The gradient backend for the Keras backend the model runs on.
+
+    Args:
+        execution: ``compiled`` (traced once, fastest per batch) or ``eager`` (nothing
+            traced; see :mod:`gradviz.backends.execution`).
 
     Raises:
         BackendError: Keras runs on a backend gradviz does not support.
@@ -76,6 +81,11 @@ def create(
     name = keras.backend.backend()
     if name == "tensorflow":
         from gradviz.backends.tensorflow.gradient_pass import GradientPass
+
+        if execution == "eager":
+            from gradviz.backends.tensorflow.eager_pass import EagerPass
+
+            return EagerPass(model, losses, output_names, training=training, mode=mode)
 
         return GradientPass(model, losses, output_names, training=training, mode=mode)
     raise BackendError(

@@ -17,6 +17,7 @@ from typing import Any, Callable, NoReturn, TypeVar
 
 import click
 
+from gradviz.backends.execution import EAGER_MAX_BATCHES, EAGER_MAX_GRADIENT_BYTES, EXECUTIONS
 from gradviz.errors import GradvizError
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -118,6 +119,12 @@ def analysis_options(command: F) -> F:
                      help="mean-gradient: figures of the gradient averaged over batches (one float32 copy of "
                           "the weights per loss); per-batch: average of per-batch figures (no extra memory)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic data and of random layers (Dropout, noise, augmentation)."),
+        click.option("--execution", type=click.Choice(list(EXECUTIONS)), default="auto",
+                     show_default=True,
+                     help="How gradients are computed: eager (no tracing: fastest for a few batches), compiled "
+                          f"(traced once, then fastest per batch), or auto: eager up to {EAGER_MAX_BATCHES} batches, "
+                          "compiled above, and when eager mode's per-loss gradient copies of the weights would pass "
+                          f"{EAGER_MAX_GRADIENT_BYTES // 2**20:,} MB."),
         click.option("--inference", is_flag=True,
                      help="Call the model with training=False (no dropout, BatchNorm moving statistics)."),
         click.option("--custom-objects", type=click.Path(dir_okay=False), metavar="FILE.py",
@@ -168,7 +175,7 @@ def make_render_options(kwargs: dict[str, Any]) -> Any:
 
 
 def run_analysis(model: str, **kwargs: Any) -> Any:
-    """Parse the shared options and call :func:`gradviz.analyze`."""
+    """Parse the shared options, then :func:`gradviz.prepare` and ``Session.run``, showing the wait on a terminal."""
     from gradviz.core.spec import parse_loss_assignments, parse_weight_assignments
     losses = parse_loss_assignments(kwargs["losses"])
     weights = parse_weight_assignments(kwargs["loss_weights"])
@@ -177,61 +184,99 @@ def run_analysis(model: str, **kwargs: Any) -> Any:
     from gradviz.model.loading import check_path
     from gradviz.quiet import import_tensorflow_quietly, stdout_to_stderr
     check_path(model)  # a missing or empty file fails before the seconds-long TensorFlow import
-    import_tensorflow_quietly(debug=kwargs.get("debug", False))
-    from gradviz.session import analyze
     batches = kwargs["batches"]
-    with _progress(batches) as progress, stdout_to_stderr():
-        return analyze(
-            model,
-            losses=losses,
-            loss_weights=weights,
-            data=kwargs["data"],
-            batch_size=kwargs["batch_size"],
-            batches=batches,
-            seed=kwargs["seed"],
-            training=not kwargs["inference"],
-            batch_mode=kwargs["batch_mode"],
-            custom_objects=kwargs["custom_objects"],
-            unsafe=kwargs["unsafe"],
-            progress=progress,
-        )
+    with Waiting(enabled=_stderr_is_terminal()) as waiting:
+        waiting.stage("importing TensorFlow")
+        import_tensorflow_quietly(debug=kwargs.get("debug", False))
+        from gradviz.session import prepare
+
+        with stdout_to_stderr():
+            waiting.stage(f"loading {model}")
+            session = prepare(
+                model,
+                losses=losses,
+                loss_weights=weights,
+                training=not kwargs["inference"],
+                batch_mode=kwargs["batch_mode"],
+                custom_objects=kwargs["custom_objects"],
+                unsafe=kwargs["unsafe"],
+                execution=kwargs["execution"],
+            )
+            chosen = session.choose_execution(batches)
+            waiting.stage(f"gradients ({chosen.mode})", total=batches if batches > 1 else None)
+            return session.run(
+                kwargs["data"],
+                batch_size=kwargs["batch_size"],
+                batches=batches,
+                seed=kwargs["seed"],
+                progress=waiting.batches,
+            )
 
 
-class _progress:
-    """A rich progress bar on stderr while batches stream (only for more than one batch, on a terminal).
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
-    Without a terminal (a log file, a pipe, CI) there is no bar: rich would leave a blank
-    line where a transient bar was, before ``wrote ...`` or ``Error: ...``.
+
+class Waiting:
+    """What the terminal shows while the user waits: a spinner with the current stage, a bar over batches.
+
+    Only on a terminal's stderr (never on stdout, never in a pipe or a log); rich is imported
+    only then. It writes to its own duplicate of file descriptor 2, taken before anything
+    redirects it, so it stays visible while TensorFlow's native import-time logs are
+    discarded and while custom code's prints are sent to stderr.
+
+    Args:
+        enabled: show anything at all.
+        file: where to draw (tests); default: a duplicate of stderr.
     """
 
-    def __init__(self, batches: int) -> None:
-        self.batches = batches
+    def __init__(self, enabled: bool, file: Any = None) -> None:
+        self.enabled = enabled
+        self.file = file
+        self._own_file = False
         self.bar: Any = None
+        self.task: Any = None
 
-    def __enter__(self) -> Callable[[int, int], None] | None:
-        if self.batches <= 1:
-            return None
+    def __enter__(self) -> Waiting:
+        if not self.enabled:
+            return self
+        import os
+
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        console = Console(stderr=True)
-        if not console.is_terminal:
-            return None
-        self.bar = Progress(TextColumn("gradients"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=console, transient=True)
+        if self.file is None:
+            sys.stderr.flush()
+            self.file = os.fdopen(os.dup(2), "w", encoding="utf-8", errors="replace")
+            self._own_file = True
+        console = Console(file=self.file, force_terminal=True, stderr=True)
+        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                            TextColumn("{task.fields[count]}"), TimeElapsedColumn(), console=console, transient=True,
+                            redirect_stdout=False, redirect_stderr=False)
         self.bar.start()
-        task = self.bar.add_task("gradients", total=self.batches)
-        return lambda done, total: self.bar.update(task, completed=done)
+        self.task = self.bar.add_task("starting", total=None, count="")
+        return self
+
+    def stage(self, text: str, total: int | None = None) -> None:
+        """Show ``text`` as what is happening now (with a bar over ``total`` steps, if given)."""
+        if self.bar is not None:
+            self.bar.update(self.task, description=text, total=total, completed=0,
+                            count=f"0/{total}" if total else "")
+
+    def batches(self, done: int, total: int) -> None:
+        """A :data:`~gradviz.core.stats.Progress` callback: ``done`` of ``total`` batches."""
+        if self.bar is not None and total > 1:
+            self.bar.update(self.task, completed=done, total=total, count=f"{done}/{total}")
 
     def __exit__(self, *exc: Any) -> None:
         if self.bar is not None:
             self.bar.stop()
+            self.bar = None
+        if self._own_file:
+            self.file.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

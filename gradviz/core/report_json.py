@@ -222,7 +222,7 @@ def report_from_dict(data: Any) -> Report:
             missing, of the wrong type or inconsistent with the others (the message names it).
     """
     from gradviz.core.analysis import _annotated_graph
-    from gradviz.core.report import Finding, Report
+    from gradviz.core.report import Report
 
     _check_format(data)
     spec = _spec(_get(data, "spec", ""), "spec")

@@ -58,6 +58,9 @@ def summary(report: Report, *, all_layers: bool = False, width: int = 120, color
         f"[bold]{source}[/bold]: {plural(len(report.losses), 'loss', 'losses')}, batch {report.meta.get('batch_size')} x "
         f"{report.meta.get('batches')} ({data} data, {'training' if report.meta.get('training', True) else 'inference'} mode)"
     )
+    if report.meta.get("execution"):
+        console.print(f"Gradients: {report.meta['execution']} ({report.meta.get('execution_reason', '')})",
+                      style="dim")
 
     console.print("\n[bold]Losses[/bold]")
     losses = Table(show_edge=False)

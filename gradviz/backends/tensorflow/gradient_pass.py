@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from gradviz.backends.tensorflow.forward import loss_values
 from gradviz.backends.tensorflow.lockstep import LOCKSTEP_CYCLE, Lockstep, layer_key
 from gradviz.backends.tensorflow.reduce import reduce_all
 from gradviz.core.spec import regularization_name
 from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble, unpack
 from gradviz.data import GUESSED_IDS, Data
 from gradviz.errors import DataError, LossSpecError
-from gradviz.model.keras_structure import to_model_inputs
 from gradviz.model.topology import input_names
 from gradviz.model.randomness import GlobalSeedGenerator, find_random_state, seeded_state
 
@@ -38,15 +38,6 @@ if TYPE_CHECKING:
     import keras
 
     from gradviz.model.losses import ResolvedLoss
-
-
-def model_outputs(output_names: Sequence[str], y_pred: Any) -> dict[str, Any]:
-    """Name a model call's outputs."""
-    if isinstance(y_pred, dict):
-        return {str(k): v for k, v in y_pred.items()}
-    if isinstance(y_pred, (list, tuple)):
-        return dict(zip(output_names, y_pred))
-    return {output_names[0]: y_pred}
 
 
 class GradientPass:
@@ -135,17 +126,9 @@ class GradientPass:
         weights = [tf.convert_to_tensor(v) for v in self.variables]
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(weights)
-            # in the model's declared structure: a dict with unsorted keys refuses a flat list
-            y_pred, new_state, extra = self.model.stateless_call(
-                weights, state, to_model_inputs(self.model, x), training=self.training, return_losses=True
+            values, new_state, extra = loss_values(
+                self.model, weights, state, x, ys, self.losses, self.output_names, self.training
             )
-            named = model_outputs(self.output_names, y_pred)
-            values = [
-                tf.cast(loss.for_targets(tuple(ys[loss.output].shape))(ys[loss.output], named[loss.output]), tf.float32)
-                for loss in self.losses
-            ]
-            if extra:
-                values.append(tf.cast(tf.add_n([tf.reduce_sum(tf.cast(e, tf.float32)) for e in extra]), tf.float32))
         graph = tf.compat.v1.get_default_graph()
         forward = graph.get_operations() if ordered else []
         dense, chains = [], []

@@ -1,0 +1,263 @@
+"""The eager TensorFlow gradient pass: no tracing, for when tracing would cost more than it saves.
+
+The same computation as the compiled :class:`~gradviz.backends.tensorflow.gradient_pass.GradientPass`
+(the same forward, :func:`~gradviz.backends.tensorflow.forward.loss_values`, and the same
+reduction, :mod:`~gradviz.backends.tensorflow.reduce`), run op by op: one forward pass under
+a persistent ``tf.GradientTape``, one ``tape.gradient`` call per loss, then every variable's
+Gram matrix, max-abs and finiteness. Tracing a big model's pass costs 10-30 s before
+the first batch; eagerly, the first batch costs about what a hand-written eager loop costs.
+
+Memory: a Gram matrix needs every loss's gradient of a variable at once, and an eager
+``tape.gradient`` call returns one loss's gradients of every variable, so before the
+reduction the K gradient lists are all alive: K float32 copies of the trainable weights
+(what the compiled pass keeps for ``--batches N`` in mean-gradient mode too), plus the
+forward activations until the last backward pass. The tape is dropped before the
+reduction and each variable's K gradients are freed as soon as they are reduced.
+:func:`gradviz.backends.execution.choose` picks the compiled lockstep pass instead when
+those copies would be large.
+
+A gradient that does not exist (no differentiable path: TensorFlow returns None) is
+kept apart from one that is zero, as in the compiled pass.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from gradviz.backends.tensorflow.forward import loss_values
+from gradviz.backends.tensorflow.reduce import GRAM_CHUNK, gram_stats
+from gradviz.core.spec import regularization_name
+from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble
+from gradviz.data import Data
+from gradviz.model.randomness import GlobalSeedGenerator, find_random_state, seeded_state
+from gradviz.errors import DataError
+
+if TYPE_CHECKING:
+    import keras
+
+    from gradviz.model.losses import ResolvedLoss
+
+
+class EagerPass:
+    """The eager gradient pass of one model and its resolved losses (nothing traced).
+
+    Args:
+        model: the model; it is not modified.
+        losses: the resolved output losses (regularization is added when the model has any).
+        output_names: the model's outputs, in order.
+        training: call the model with ``training=True`` (dropout, batch statistics).
+        mode: ``mean-gradient`` or ``per-batch`` (see :mod:`gradviz.core.stats`).
+
+    Raises:
+        DataError: unknown mode.
+    """
+
+    #: the array library, as the report's ``meta.backend`` names it
+    name = "tensorflow"
+
+    def __init__(
+        self,
+        model: keras.Model,
+        losses: Sequence[ResolvedLoss],
+        output_names: Sequence[str],
+        *,
+        training: bool = True,
+        mode: str = MEAN_GRADIENT,
+    ) -> None:
+        if mode not in BATCH_MODES:
+            raise DataError(f"unknown batch mode {mode!r}; valid: {', '.join(BATCH_MODES)}")
+        self.model = model
+        self.losses = tuple(losses)
+        self.output_names = list(output_names)
+        self.training = training
+        self.mode = mode
+        self.variables = list(model.trainable_variables)
+        self.state_variables = list(model.non_trainable_variables)
+        #: the seed-generator states among them, and the layers holding them
+        self.random_state = find_random_state(model)
+        #: stands in for Keras's global SeedGenerator (unseeded keras.random calls) while the model runs
+        self.global_seed = GlobalSeedGenerator()
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What the report's ``meta`` says of this pass."""
+        return {"backend": self.name, "lockstep_fallback": None}
+
+    def tracing_count(self) -> int:
+        """Always 0: nothing is traced."""
+        return 0
+
+    def gradients(self, x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, list[list[Any]], Any, bool]:
+        """One forward pass and one backward pass per loss, eagerly.
+
+        Returns:
+            ``(values (K,), dense, new_state, has_regularization)`` with ``dense[k][v]`` loss k's
+            gradient of variable v (None: no differentiable path).
+        """
+        import tensorflow as tf
+
+        weights = [tf.convert_to_tensor(v) for v in self.variables]
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(weights)
+            values, new_state, regularization = loss_values(
+                self.model, weights, state, x, ys, self.losses, self.output_names, self.training
+            )
+        dense = [
+            [None if g is None else tf.convert_to_tensor(g)
+             for g in tape.gradient(v, weights, unconnected_gradients=tf.UnconnectedGradients.NONE)]
+            for v in values
+        ]
+        del tape  # the forward activations: gone before the reduction needs room
+        return tf.stack(values), dense, new_state, regularization
+
+    def run(self, data: Data, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
+        """Statistics of every trainable variable's per-loss gradients over ``data``'s batches.
+
+        ``seed`` seeds the random layers' state as the compiled pass does (same masks in both modes).
+
+        Raises:
+            LossSpecError: a loss fails on the model's outputs.
+            DataError: the data does not fit the model.
+        """
+        import tensorflow as tf
+
+        from gradviz.backends.tensorflow.gradient_pass import _explain, _inputs_text
+
+        if seed is None:
+            state = [tf.convert_to_tensor(v) for v in self.state_variables]
+        else:  # a loaded model's own seeds are drawn afresh on every load
+            state = seeded_state(self.state_variables, self.random_state, seed)
+        self.global_seed.reset(seed)
+        accumulate = self.mode == MEAN_GRADIENT and data.batches > 1
+        sums: list[list[Any]] | None = None
+        exists: list[list[bool]] = []
+        regularization = False
+        loss_sum: np.ndarray | None = None
+        stat_sums: list[Any] | None = None
+        for b in range(data.batches):
+            xs, ys = data.batch(b)
+            x = [tf.convert_to_tensor(a) for a in xs]
+            y = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
+            try:
+                with self.global_seed.active():
+                    values, dense, state, regularization = self.gradients(x, y, state)
+            except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
+                raise _explain(e, _inputs_text(self.model, xs), data.guessed) from e
+            exists = [[g is not None for g in per_loss] for per_loss in dense]
+            if accumulate:
+                # The float32 sum per loss and variable, as the compiled pass keeps it.
+                if sums is None:
+                    sums = [[None if g is None else tf.cast(g, tf.float32) for g in per_loss] for per_loss in dense]
+                else:
+                    sums = [[None if s is None else s + tf.cast(g, tf.float32) for s, g in zip(srow, grow)]
+                            for srow, grow in zip(sums, dense)]
+            else:
+                stats = reduce_eagerly(dense)
+                stat_sums = stats if stat_sums is None else [_add(a, s) for a, s in zip(stat_sums, stats)]
+            del dense
+            loss_sum = values.numpy().astype(np.float64) if loss_sum is None else loss_sum + values.numpy()
+            if progress is not None:
+                progress(b + 1, data.batches)
+        if accumulate:
+            assert sums is not None
+            n = data.batches
+            # Gram and max-abs of the mean gradient = those of the sum, scaled by 1/N^2 and 1/N.
+            stat_sums = [None if s is None else (s[0] / n**2, s[1] / n, s[2]) for s in reduce_eagerly(sums)]
+            divide = 1.0
+        else:
+            divide = float(data.batches)
+        output_names = [loss.name for loss in self.losses]
+        names = tuple(output_names) + ((regularization_name(output_names),) if regularization else ())
+        assert loss_sum is not None and stat_sums is not None
+        return assemble(names, exists, stat_sums, loss_sum / data.batches, divide, data.batches, self.mode,
+                        regularization)
+
+
+def reduce_eagerly(dense: list[list[Any]]) -> list[Any]:
+    """Per variable, ``(gram, max_abs, finite)`` of the gradients that exist (None where none does).
+
+    The compiled pass's :func:`~gradviz.backends.tensorflow.reduce.gram_stats`, called eagerly.
+    Each variable's gradients are released once reduced (the lists in ``dense`` are emptied),
+    so memory drains while the reduction runs instead of peaking at its end.
+    """
+    out: list[Any] = []
+    variables = len(dense[0]) if dense else 0
+    for v in range(variables):
+        present = [dense[k][v] for k in range(len(dense)) if dense[k][v] is not None]
+        for per_loss in dense:
+            per_loss[v] = None if per_loss[v] is None else _RELEASED
+        if not present:
+            out.append(None)
+            continue
+        out.append(_variable_stats(present))
+        del present
+    return out
+
+
+def _variable_stats(present: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One variable's ``(gram, max_abs, finite)``, computed as :func:`~gradviz.backends.tensorflow.reduce.gram_stats` does.
+
+    Small variables (under two Gram chunks, or float64): float64 products, as the compiled
+    pass computes them, but in NumPy: an eager TensorFlow op costs ~50 us to dispatch, and
+    a ResNet has hundreds of small variables (BatchNorm, biases). Large ones: the compiled
+    pass's chunked float32 products summed in float64, called eagerly (the same numbers).
+    """
+    size = int(np.prod(present[0].shape))
+    if size // GRAM_CHUNK >= 2 and all(g.dtype == np.float32 for g in present):
+        chunked = _chunked_stats(present)
+        if chunked is not None:
+            return chunked
+    if size // GRAM_CHUNK >= 2 and all(g.dtype != np.float64 for g in present):
+        gram, max_abs, finite_tf = gram_stats(present)
+        return gram.numpy(), max_abs.numpy(), finite_tf.numpy()
+    flat = np.stack([np.asarray(g).reshape(-1).astype(np.float64) for g in present])
+    finite = np.asarray(np.isfinite(flat).all(axis=1))
+    return flat @ flat.T, np.abs(flat).max(axis=1, initial=-np.inf), finite
+
+
+#: gradients whose largest entry lies within [2^-SAFE, 2^SAFE] need no scaling for float32 products
+SAFE_EXPONENT = 40
+
+
+def _chunked_stats(present: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`~gradviz.backends.tensorflow.reduce.gram_stats`'s chunked products, in NumPy and without copies.
+
+    The same arithmetic: float32 products over blocks of ``GRAM_CHUNK`` entries, summed in
+    float64. ``gram_stats`` first divides each gradient by a power of two near its largest
+    entry (a full copy) so that products neither underflow nor overflow; when every largest
+    entry is within ``2^+-SAFE_EXPONENT`` (squares and their block sums stay far inside float32's
+    range), that division changes no product and is skipped here, and the blocks are read
+    straight from the gradients (one small (K, GRAM_CHUNK) block at a time). None otherwise
+    (non-finite or extreme gradients): the caller uses ``gram_stats`` itself.
+    """
+    flats = [np.asarray(g).reshape(-1) for g in present]
+    max_abs = np.array([max(float(f.max()), -float(f.min())) for f in flats])
+    if not (np.isfinite(max_abs).all() and
+            ((max_abs == 0) | ((max_abs >= 2.0**-SAFE_EXPONENT) & (max_abs <= 2.0**SAFE_EXPONENT))).all()):
+        return None
+    k, size = len(flats), flats[0].size
+    gram = np.zeros((k, k))
+    block = np.empty((k, GRAM_CHUNK), np.float32)
+    for start in range(0, size, GRAM_CHUNK):
+        stop = min(start + GRAM_CHUNK, size)
+        if stop - start < GRAM_CHUNK:  # the tail, in float64 as gram_stats does
+            tail = np.stack([f[start:stop] for f in flats]).astype(np.float64)
+            gram += tail @ tail.T
+            break
+        for i, f in enumerate(flats):
+            block[i] = f[start:stop]
+        gram += (block @ block.T).astype(np.float64)
+    return gram, max_abs, np.ones(k, dtype=bool)
+
+
+#: marks a gradient that existed and has been reduced (so existence survives the release)
+_RELEASED = object()
+
+
+def _add(a: Any, b: Any) -> Any:
+    """Sum two batches' statistics of one variable (per-batch mode)."""
+    if a is None:
+        return b
+    return (a[0] + b[0], np.maximum(a[1], b[1]), a[2] & b[2])
