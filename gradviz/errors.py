@@ -45,3 +45,7 @@ class GraphvizMissingError(GradvizError):
 
 class BackendError(GradvizError):
     """Keras runs on an array library gradviz has no gradient backend for."""
+
+
+class MonitorError(GradvizError):
+    """The training monitor's options are invalid."""
