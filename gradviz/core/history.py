@@ -237,7 +237,7 @@ class FlowHistory:
                     others = ", ".join(n for n in parts_now if n != name)
                     event("dominating", name,
                           f"loss '{name}' started to dominate the trunk at epoch {epoch} ({part:.1%} of the "
-                          f"weighted gradient energy; {others} barely shape it)")
+                          f"weighted gradient energy; {others} barely {'shapes' if len(parts_now) == 2 else 'shape'} it)")
         return found
 
 
