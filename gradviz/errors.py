@@ -52,3 +52,7 @@ class BackendError(GradvizError):
 
 class ReportError(GradvizError):
     """A saved JSON report cannot be read back: not JSON, not a gradviz report, another format version, damaged."""
+
+
+class MonitorError(GradvizError):
+    """The training monitor's options are invalid."""

@@ -168,14 +168,18 @@ class Session:
             infos.append(TensorInfo(loss.output, loss.output_shape, loss.output_dtype, None, loss.target_kind))
         return infos
 
-    def data(self, data: str | Path | None = None, *, batch_size: int = 32, batches: int = 1, seed: int = 0) -> Data:
-        """The batches a run computes on: ``data`` (an ``.npz`` file) or seeded synthetic data.
+    def data(
+        self, data: str | Path | Data | None = None, *, batch_size: int = 32, batches: int = 1, seed: int = 0
+    ) -> Data:
+        """The batches a run computes on: ``data`` (an ``.npz`` file or ready batches) or seeded synthetic data.
 
         Raises:
             DataError: the file does not fit the model, or the counts are below 1.
         """
         from gradviz import data as data_mod
 
+        if isinstance(data, data_mod.Data):  # ready batches (the training monitor's probe): as they are
+            return data
         data_mod.check_counts(batch_size, batches)
         if data is not None:
             return data_mod.load_npz(data, self.input_infos(), self.target_infos(), batch_size=batch_size,
@@ -189,7 +193,7 @@ class Session:
 
     def run(
         self,
-        data: str | Path | None = None,
+        data: str | Path | Data | None = None,
         *,
         batch_size: int = 32,
         batches: int = 1,
@@ -199,8 +203,9 @@ class Session:
         """Analyse how each loss's gradient flows through the model on ``data``.
 
         Args:
-            data: an ``.npz`` file (keys ``x``/``y`` or ``x:<input>``/``y:<output>``);
-                None makes seeded synthetic data.
+            data: an ``.npz`` file (keys ``x``/``y`` or ``x:<input>``/``y:<output>``),
+                ready :class:`~gradviz.data.Data` batches (``batch_size`` and ``batches``
+                are then its own), or None for seeded synthetic data.
             batch_size: rows per batch.
             batches: number of batches; statistics describe their mean gradient.
             seed: seed of the synthetic data and of the random layers (Dropout, noise, augmentation,
@@ -247,12 +252,12 @@ class Session:
         report.meta = {
             "source": self.loaded.source,
             "keras_version": keras.__version__,
-            "batch_size": batch_size,
-            "batches": batches,
+            "batch_size": batches_data.batch_size,
+            "batches": batches_data.batches,
             "batch_mode": self.batch_mode,
             # the seed drew the synthetic data and the random layers' state: null when it drew neither
             "seed": seed if data is None or random_layers else None,
-            "data": str(data) if data is not None else "synthetic",
+            "data": _data_label(data),
             "training": self.training,
             "random_layers": random_layers,
             "graph_complete": self.topology.complete,
@@ -261,6 +266,13 @@ class Session:
             "execution_reason": chosen.reason,
         }
         return report
+
+
+def _data_label(data: str | Path | Data | None) -> str:
+    """What the report's ``meta.data`` says of the data: the file, ``synthetic`` or ``in-memory``."""
+    if data is None:
+        return "synthetic"
+    return str(data) if isinstance(data, (str, Path)) else "in-memory"
 
 
 def prepare(

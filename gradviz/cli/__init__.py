@@ -469,6 +469,45 @@ def weights_command(model: str, tries: tuple[str, ...], sweeps: tuple[str, ...],
         click.echo(weighting_report.summary(what_if, width=width, color=sys.stdout.isatty()), nl=False)
 
 
+# -- gradviz timeline (issue 14) --------------------------------------------------------
+
+
+@main.command("timeline")
+@click.argument("history", type=click.Path())
+@click.option("-o", "--output", "outputs", multiple=True, type=click.Path(), metavar="FILE",
+              help="Write the timeline: .png, .svg or .html (the plot and the events). Repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the events as JSON on stdout.")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@handle_errors
+def timeline_command(history: str, outputs: tuple[str, ...], as_json: bool, debug: bool) -> None:
+    """Per-loss trunk share and gradient norm over a training run, from a monitor history file.
+
+    HISTORY is the JSON-lines file GradientFlowMonitor(path=...) writes; events
+    (a head died, a loss started to dominate, NaN appeared) are marked where
+    they began.
+
+    \b
+    Example:
+      gradviz timeline flow.jsonl -o timeline.png
+      gradviz timeline flow.jsonl -o timeline.html --json
+    """
+    import json
+
+    from gradviz.output import timeline
+
+    for path in outputs:
+        timeline.output_format(path)  # fail before reading
+    records = timeline.read_history(history)
+    for path in outputs:
+        click.echo(f"wrote {timeline.write(records, path)}", err=True)
+    if as_json:
+        click.echo(json.dumps(timeline.events(records), indent=2))
+    elif not outputs:
+        for event in timeline.events(records):
+            click.echo(f"epoch {event['epoch']} (step {event['step']}): {event['message']}")
+        click.echo(f"{len(records)} probe(s), {len(timeline.events(records))} event(s)", err=True)
+
+
 def _note_html_without_dot(formats: list[str]) -> None:
     from gradviz.output.diagram import dot_available
     if "html" in formats and not dot_available():

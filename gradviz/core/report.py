@@ -265,6 +265,12 @@ def json_number(x: float | None) -> float | str | None:
 
 
 
+def layer_figures(info: LayerInfo) -> dict[str, Any]:
+    """A layer (or the trunk) as the JSON report lists it."""
+    return _layer_dict(info)
+
+
+
 def _layer_dict(info: LayerInfo) -> dict[str, Any]:
     return {
         "name": info.name,

@@ -1,0 +1,67 @@
+"""Per-loss gradient values of each layer, for the training monitor's TensorBoard histograms.
+
+The gradient statistics (:class:`~gradviz.backends.tensorflow.gradient_pass.GradientPass`)
+keep only inner products; a histogram needs the values. This pass computes
+them with the same forward/backward code, compiled once, statelessly (the
+model is not written), and averages them over the probe's batches.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from gradviz.backends.tensorflow.gradient_pass import GradientPass
+    from gradviz.data import Data
+
+
+class GradientValues:
+    """Each loss's mean gradient over the probe, flattened per layer.
+
+    Args:
+        gradient_pass: the session's compiled pass (its model, losses and forward/backward code).
+    """
+
+    def __init__(self, gradient_pass: GradientPass) -> None:
+        import tensorflow as tf
+
+        self.gradient_pass = gradient_pass
+
+        def values(x: list[Any], ys: dict[str, Any], state: list[Any]) -> list[list[Any]]:
+            _, dense, _, _ = gradient_pass._forward_backward(x, ys, state, False)
+            return [[tf.zeros((0,), tf.float32) if g is None else tf.reshape(tf.cast(g, tf.float32), (-1,))
+                     for g in per_loss] for per_loss in dense]
+
+        self._values = tf.function(values, reduce_retracing=True, autograph=False)
+
+    def tracing_count(self) -> int:
+        """How many times the pass has been traced."""
+        return int(self._values.experimental_get_tracing_count())
+
+    def run(self, data: Data, loss_names: list[str], layer_of: list[str]) -> dict[tuple[str, str], np.ndarray]:
+        """``{(loss, layer): values}``: each loss's gradient averaged over the batches, per layer.
+
+        Args:
+            data: the probe's batches.
+            loss_names: the losses in the pass's order (``GradientStats.loss_names``).
+            layer_of: the layer of each trainable variable, in the pass's order.
+        """
+        import tensorflow as tf
+
+        state = [tf.convert_to_tensor(v) for v in self.gradient_pass.state_variables]
+        sums: list[list[np.ndarray]] | None = None
+        for b in range(data.batches):
+            xs, ys = data.batch(b)
+            out = self._values([tf.convert_to_tensor(a) for a in xs], {k: tf.convert_to_tensor(v) for k, v in ys.items()},
+                               state)
+            arrays = [[g.numpy() for g in per_loss] for per_loss in out]
+            sums = arrays if sums is None else [[s + a for s, a in zip(rs, ra)] for rs, ra in zip(sums, arrays)]
+        assert sums is not None
+        result: dict[tuple[str, str], list[np.ndarray]] = {}
+        for name, per_loss in zip(loss_names, sums):
+            for layer, g in zip(layer_of, per_loss):
+                if g.size:
+                    result.setdefault((name, layer), []).append(g / data.batches)
+        return {key: np.concatenate(parts) for key, parts in result.items()}
