@@ -761,6 +761,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _measured_on(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    return f"{m['date']} on {m['cpu']}, {m['cores']} cores"
+
+
 def keep_earlier(results: dict[str, Any], tables: list[str], previous_file: Path,
                  memory_methods: list[str] | None = None) -> None:
     """Fill the tables (and memory methods) this run did not measure from an earlier ``results.json``, dated."""
@@ -770,7 +775,7 @@ def keep_earlier(results: dict[str, Any], tables: list[str], previous_file: Path
     for table in tables:
         if previous.get(table):
             results[table] = previous[table]
-            results["kept"][table] = previous.get("kept", {}).get(table) or previous["machine"]["date"]
+            results["kept"][table] = previous.get("kept", {}).get(table) or _measured_on(previous)
     if memory_methods and "memory" not in tables:
         earlier = {mem["model"]: mem["methods"] for mem in previous.get("memory", [])}
         kept = False
@@ -780,7 +785,7 @@ def keep_earlier(results: dict[str, Any], tables: list[str], previous_file: Path
                     mem["methods"][method] = earlier[mem["model"]][method]
                     kept = True
         if kept:
-            date = previous.get("kept", {}).get("memory") or previous["machine"]["date"]
+            date = previous.get("kept", {}).get("memory") or _measured_on(previous)
             results["kept"][f"memory of {', '.join(memory_methods)}"] = date
 
 
