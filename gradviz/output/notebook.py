@@ -211,6 +211,31 @@ def report_html(report: Report, options: RenderOptions = RenderOptions()) -> str
     return "\n".join(parts)
 
 
+def _register_figure_display(figure_type: type) -> None:
+    """Let IPython show a bare matplotlib Figure as a PNG, when it runs and nothing has yet.
+
+    matplotlib-inline registers this formatter only once pyplot (or ``%matplotlib inline``) has
+    run; :func:`plot` makes its Figure without pyplot (so it is not shown twice), and
+    without this the notebook would print ``<Figure size ...>`` instead of the chart.
+    """
+    import sys
+
+    if "IPython" not in sys.modules:  # not in a notebook or IPython: nothing to do, nothing imported
+        return
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None:
+        return
+    formatter = shell.display_formatter.formatters["image/png"]
+    try:
+        formatter.lookup_by_type(figure_type)
+    except KeyError:
+        from IPython.core.pylabtools import print_figure
+
+        formatter.for_type(figure_type, lambda fig: print_figure(fig, "png", bbox_inches="tight"))
+
+
 # -- the per-layer bar chart --------------------------------------------------------------
 
 
@@ -236,6 +261,7 @@ def plot(report: Report) -> Any:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
+    _register_figure_display(Figure)
     names = plot_layers(report)
     infos = [report.layer(name) for name in names]
     losses = report.losses
