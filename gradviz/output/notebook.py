@@ -32,7 +32,7 @@ NOTEBOOK_INSTALL_HINT = (
     "and display the report again; report.diagram().source has the diagram's DOT source meanwhile."
 )
 #: the tallest the inline diagram gets before it scrolls (pixels)
-DIAGRAM_MAX_HEIGHT = 520
+DIAGRAM_MAX_HEIGHT = 720
 #: the label and marker of a loss whose gradient on a layer is exactly zero
 DEAD_LABEL = "dead: gradient exactly 0"
 SEVERITY_COLOR = {"error": "#C00000", "warning": "#B36B00", "info": "#1F6FA8"}
@@ -123,7 +123,7 @@ def _diagram_block(report: Report, options: RenderOptions) -> str:
     # the SVG keeps its own size up to the cell's width; a tall model scrolls inside the box
     svg = svg.replace("<svg ", '<svg style="max-width:100%;height:auto;" ', 1)
     return (f'<div class="gradviz-diagram" style="max-height:{DIAGRAM_MAX_HEIGHT}px;overflow:auto;'
-            f'border:1px solid #ddd;border-radius:4px;padding:4px;margin:6px 0;">{svg}</div>')
+            f'width:fit-content;max-width:100%;box-sizing:border-box;border:1px solid #ddd;border-radius:4px;padding:4px;margin:6px 0;">{svg}</div>')
 
 
 def _swatch(color: str) -> str:
