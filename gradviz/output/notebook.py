@@ -267,7 +267,7 @@ def plot(report: Report) -> Any:
     losses = report.losses
     count = max(len(losses), 1)
     width = 0.8 / count
-    figure = Figure(figsize=(max(6.0, 0.9 * len(names) + 2.5), 4.2), layout="constrained")
+    figure = Figure(figsize=(max(7.0, 0.9 * len(names) + 3.5), 4.2), layout="constrained")
     ax = figure.add_subplot()
     positive = [v for info in infos for v in info.grad_norm.values()
                 if v is not None and math.isfinite(v) and v > 0]
@@ -313,6 +313,7 @@ def plot(report: Report) -> Any:
         handles.append(Line2D([], [], linestyle="none", marker="X", markersize=9, markerfacecolor="white",
                               markeredgecolor="#C00000", markeredgewidth=1.2))
         labels.append(DEAD_LABEL)
-    ax.legend(handles, labels, fontsize=9, loc="upper right", title="no bar: loss does not reach the layer",
-              title_fontsize=8)
+    # beside the axes, never over a bar
+    ax.legend(handles, labels, fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              title="no bar: the loss does\nnot reach the layer", title_fontsize=8)
     return figure
