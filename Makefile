@@ -46,6 +46,7 @@ samples: setup
 # The README's picture.
 docs: setup
 	$(VENV)/bin/gradviz inspect samples/shared_trunk.keras --show-norms -o docs/shared_trunk.png
+	$(PY) docs/notebook_screenshot.py docs/notebook_report.png   # needs chromium
 
 # Benchmark against hand-written GradientTape loops; rewrites benchmarks/RESULTS.md
 # (~15-20 min on 2 cores). BENCH_ARGS=--quick for a tiny run.

@@ -235,6 +235,38 @@ class Report:
         return report_from_json(text)
 
 
+    # Notebook display: thin, lazy delegates to gradviz.output.notebook (the report stays plain data).
+
+    def __repr__(self) -> str:
+        from gradviz.output.notebook import short_repr
+
+        return short_repr(self)
+
+    def _repr_html_(self) -> str:
+        """The inline notebook view: diagram (SVG), losses with trunk shares, findings."""
+        from gradviz.output.notebook import report_html
+
+        return report_html(self)
+
+    def plot(self) -> Any:
+        """Each loss's gradient norm per layer as grouped bars (a ``matplotlib.figure.Figure``)."""
+        from gradviz.output.notebook import plot
+
+        return plot(self)
+
+    def diagram(self, **options: Any) -> Any:
+        """The diagram as a ``graphviz.Source`` (renders inline); ``options`` are ``RenderOptions`` fields."""
+        from gradviz.output.notebook import diagram_source
+
+        return diagram_source(self, **options)
+
+    def to_svg(self, **options: Any) -> str:
+        """The diagram as SVG text (needs Graphviz's ``dot``); ``options`` are ``RenderOptions`` fields."""
+        from gradviz.output.notebook import diagram_svg, render_options
+
+        return diagram_svg(self, render_options(**options))
+
+
 
 def finding_figures(finding: Finding) -> dict[str, Any]:
     """A finding as the JSON report lists it."""

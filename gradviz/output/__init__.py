@@ -18,7 +18,7 @@ from gradviz.output.files import (
 __all__ = ["check_target", "format_of", "formats", "prepare", "write", "write_bytes"]
 
 #: modules reachable as ``gradviz.output.<name>`` without importing them first
-_MODULES = ("diagram", "files", "graphml", "html", "text", "weights")
+_MODULES = ("diagram", "files", "graphml", "html", "notebook", "text", "weights")
 
 
 def __getattr__(name: str) -> Any:
