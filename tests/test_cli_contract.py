@@ -115,7 +115,7 @@ def test_unexpected_exception_is_one_line(cli: Any, tmp_path: Path, monkeypatch:
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise KeyError("internal")
 
-    monkeypatch.setattr(gradviz.session, "analyze", boom)
+    monkeypatch.setattr(gradviz.session, "prepare", boom)  # the CLI calls prepare() then Session.run()
     path = rm.save(rm.two_heads(), tmp_path / "m.keras")
     assert_one_error(cli("inspect", path), "unexpected KeyError", "--debug")
 
