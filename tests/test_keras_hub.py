@@ -292,7 +292,7 @@ def test_tied_embedding_is_drawn_per_call_and_counted_once() -> None:
 def test_causal_lm_alone_tied_embedding_collapsed_and_numbers(tmp_path: Path) -> None:
     """GPT2CausalLM analysed as it is: one loss; with the backbone collapsed, the output projection is still
     its own box (the token embedding's later call, outside the backbone), and the numbers hold."""
-    from gradviz.render import RenderOptions, build_dot
+    from gradviz.output.diagram import RenderOptions, build_dot
 
     keras.utils.set_random_seed(6)
     model = keras_hub.models.GPT2CausalLM(_gpt2_backbone(), preprocessor=None, name="gpt2_causal_lm")

@@ -67,9 +67,15 @@ def short_repr(report: Report) -> str:
     """One line saying what the report is about: model, losses, layer statuses, findings.
 
     Example:
-        >>> import networkx as nx
+        >>> import networkx as nx, numpy as np
+        >>> from gradviz.core.graph import Topology
         >>> from gradviz.core.report import LossInfo
-        >>> short_repr(Report("m", [LossInfo("C", "mse", 1.0, 0.5, "C")], [], [], [], [], nx.DiGraph(), None))
+        >>> from gradviz.core.spec import LossSpec
+        >>> from gradviz.core.stats import GradientStats
+        >>> stats = GradientStats(("C",), np.zeros((0, 1, 1)), np.zeros((0, 1), bool), np.zeros((0, 1)),
+        ...                       np.ones((0, 1), bool), np.zeros(1), 1, "mean-gradient")
+        >>> short_repr(Report("m", [LossInfo("C", "mse", 1.0, 0.5, "C")], [], [], [], [], nx.DiGraph(), None,
+        ...                   stats=stats, topology=Topology(nx.DiGraph(), {}, {}, ()), spec=LossSpec(())))
         "<gradviz.Report 'm': 1 loss (C); 0 layers with weights; no findings>"
     """
     names = ", ".join(l.name for l in report.losses)
