@@ -260,6 +260,7 @@ def test_a_non_tensorflow_backend_is_refused_naming_the_supported_ones() -> None
         "except BackendError as e:\n"
         "    print(e)\n"
     )
+    # Keras's numpy backend imports scipy: the test extra installs it for this test.
     env = {**os.environ, "KERAS_BACKEND": "numpy", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
