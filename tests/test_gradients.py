@@ -75,17 +75,27 @@ def test_combined_grad_norm_is_what_keras_training_applies(resnet_heads: keras.M
         "flag": np.array([[0], [1], [1], [0]], dtype="float32"),
     }
     data = _write_npz(tmp_path / "batch.npz", {"image": x}, y)
-    # compiled, as Keras's own train step runs: eager op-by-op execution agrees to float32 rounding, which
-    # over 50 BatchNorm layers reaches ~1e-4 on some gammas (tests/test_execution.py compares the modes)
-    report = gradviz.analyze(resnet_heads, data=data, batch_size=4, execution="compiled")
-    assert [l.name for l in report.losses] == ["cls", "reg", "flag", REGULARIZATION]
-
+    # Both executions, on the same weights, against one Keras step. Keras's step is a traced graph, as is
+    # the compiled pass; the eager pass runs the same ops one by one, without Grappler's rewrites, so its
+    # float32 rounding differs, and the backward passes through 50 BatchNorm layers amplify that: up to
+    # ~2e-4 relative on a few BatchNorm gammas (1e-6 and below elsewhere).
+    reports = {execution: gradviz.analyze(resnet_heads, data=data, batch_size=4, execution=execution)
+               for execution in ("compiled", "eager")}
     weight_norms = {v.path: float(np.linalg.norm(v.numpy())) for v in resnet_heads.trainable_variables}
     applied, warned, keras_loss = _keras_step_gradients(resnet_heads, x, [y["cls"], y["reg"], y["flag"]])
+    for execution, report in reports.items():
+        assert report.meta["execution"] == execution
+        _check_against_keras_step(report, resnet_heads, weight_norms, applied, warned, keras_loss,
+                                  rel=1e-4 if execution == "compiled" else 5e-4)
 
+
+def _check_against_keras_step(report: Any, model: keras.Model, weight_norms: dict[str, float],
+                              applied: dict[str, np.ndarray], warned: list[str], keras_loss: float,
+                              rel: float) -> None:
+    assert [l.name for l in report.losses] == ["cls", "reg", "flag", REGULARIZATION]
     weighted_total = sum(l.weight * l.value for l in report.losses)
     assert weighted_total == pytest.approx(keras_loss, rel=1e-5)
-    assert len(report.variables) == len(resnet_heads.trainable_variables) == len(applied)
+    assert len(report.variables) == len(model.trainable_variables) == len(applied)
     by_path = {v.path: v for v in report.variables}
     checked = noise = 0
     for var in report.variables:
@@ -103,7 +113,7 @@ def test_combined_grad_norm_is_what_keras_training_applies(resnet_heads: keras.M
             continue
         # The float32 update w - g is rounded to the weight's precision: at most ~6e-8 |w| in norm.
         rounding = 2e-7 * weight_norms[var.path]
-        assert var.combined_grad_norm == pytest.approx(delta, rel=1e-4, abs=rounding), var.path
+        assert var.combined_grad_norm == pytest.approx(delta, rel=rel, abs=rounding), var.path
         checked += 1
     assert checked > 150 and noise == 53
     unreached = sorted(v.path for v in report.variables if all(n is None for n in v.grad_norm.values()))
