@@ -226,7 +226,7 @@ def _annotated_graph(topology: Topology, layers: list[LayerInfo], losses: list[L
         )
     next_order = len(graph)
     for loss in losses:
-        if loss.output is None:
+        if loss.source == "regularization":
             continue
         node = loss_node(loss.name, graph)
         graph.add_node(
@@ -235,10 +235,22 @@ def _annotated_graph(topology: Topology, layers: list[LayerInfo], losses: list[L
             blocks_gradient=False, output_shape="", activation=None,
         )
         next_order += 1
-        source = topology.outputs.get(loss.output)
+        source = loss_anchor(topology, loss.output, loss.source)
         if source:
             graph.add_edge(source, node, shape="")
     return graph
+
+
+def loss_anchor(topology: Topology, output: str | None, source: str) -> str | None:
+    """The graph node a loss hangs from: its output's node, or the layer whose ``add_loss`` it is.
+
+    None for ``loss_terms`` and regularization (they come from no one node).
+    """
+    if source == "compile":
+        return topology.outputs.get(output or "")
+    if source == "add_loss" and output is not None and output in topology.graph:
+        return output
+    return None
 
 
 def group_info(report: Report, name: str, members: Sequence[str]) -> LayerInfo:
@@ -262,7 +274,7 @@ def group_info(report: Report, name: str, members: Sequence[str]) -> LayerInfo:
     names = list(stats.loss_names)
     by_name = {l.name: l for l in report.losses}
     weights = np.array([by_name[n].weight for n in names], dtype=np.float64)
-    output_losses = [k for k, n in enumerate(names) if by_name[n].output is not None]
+    output_losses = [k for k, n in enumerate(names) if by_name[n].source != "regularization"]
     wanted = set(members)
     var_ids = [v for v, info in enumerate(report.topology.variables) if info.layer in wanted]
     node = {
@@ -344,7 +356,7 @@ def _findings(
     for k in output_losses:
         name = names[k]
         term = next(t for t in spec.terms if t.name == name)
-        out_node = topology.outputs.get(term.output or "")
+        out_node = loss_anchor(topology, term.output, term.source)  # an endpoint layer for an add_loss term
         if not out_node or not topology.complete:
             continue
         upstream = nx.ancestors(graph, out_node) | {out_node}
@@ -361,7 +373,7 @@ def _findings(
                 where = " and ".join(f"{b} ({graph.nodes[b]['class_name']})" for b in blockers)
                 message = (
                     f"loss '{name}': gradient blocked at {where}; layer(s) {', '.join(group)} feed "
-                    f"output '{term.output}' but get no gradient from its loss"
+                    f"{_fed(term)} but get no gradient from its loss"
                 )
                 for b in blockers:
                     for pred in graph.predecessors(b):
@@ -369,7 +381,7 @@ def _findings(
                     graph.nodes[b].setdefault("blocks_for", []).append(name)
             else:
                 message = (
-                    f"loss '{name}': layer(s) {', '.join(group)} feed output '{term.output}' but get no "
+                    f"loss '{name}': layer(s) {', '.join(group)} feed {_fed(term)} but get no "
                     "gradient from its loss, and no known gradient-blocking operation lies between them "
                     "(a custom layer or a non-differentiable op cuts the path)"
                 )
@@ -477,19 +489,42 @@ def _findings(
     half = sorted(n for n in graph if graph.nodes[n].get("compute_dtype") in ("float16", "bfloat16")
                   and graph.nodes[n].get("trainable_params", 0) > 0)
     if half:
-        found.append(Finding(
-            "mixed-precision", "info",
-            f"{len(half)} layer(s) compute in float16/bfloat16; gradviz differentiates the unscaled loss, so "
-            "gradients below float16's range can show as 0 (dead) where Keras's LossScaleOptimizer would scale them",
-            (), tuple(_ordered(half, graph)),
-        ))
+        found.append(Finding("mixed-precision", "info", _mixed_precision_message(len(half), stats.loss_scale),
+                             (), tuple(_ordered(half, graph))))
     if not topology.complete:
         found.append(Finding(
             "incomplete-graph", "info",
-            "part of the model is subclassed Python code: its layers are listed, but paths through it are unknown",
+            topology.missing
+            or "part of the model is subclassed Python code: its layers are listed, but paths through it are unknown",
         ))
     severity_rank = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(found, key=lambda f: (-severity_rank[f.severity], f.kind, f.message))
+
+
+def _fed(term: Any) -> str:
+    """What a loss's upstream layers feed: its output, or the endpoint layer that adds it."""
+    return f"layer '{term.output}' (which adds the loss)" if term.source == "add_loss" else f"output '{term.output}'"
+
+
+def _mixed_precision_message(layers: int, loss_scale: float | None) -> str:
+    """The mixed-precision finding: how the loss was scaled, as Keras's training step scales it.
+
+    Example:
+        >>> _mixed_precision_message(2, 32768.0)[:60]
+        'float16/bfloat16 compute in 2 layer(s); each loss was scaled'
+    """
+    if loss_scale is not None:
+        return (
+            f"float16/bfloat16 compute in {layers} layer(s); each loss was scaled by {loss_scale:g} before "
+            "differentiating and the gradients unscaled after, as Keras's LossScaleOptimizer does (it halves its "
+            "scale, from 32768 at first, after each step whose gradients overflow; this is the largest with finite "
+            "gradients), so small float16 gradients are not lost"
+        )
+    return (
+        f"float16/bfloat16 compute in {layers} layer(s); the losses were not scaled (Keras's training step does not "
+        "scale them: a bfloat16 policy, or compile(auto_scale_loss=False)), so gradients below float16's range "
+        "show as 0 (dead) as they would in training"
+    )
 
 
 def _conflict_words(trunk_cosine: float) -> str:

@@ -41,6 +41,8 @@ class Topology:
         inputs: model input name -> graph node.
         variables: one entry per trainable variable, in model order.
         complete: False when part of the model could not be walked (subclassed).
+        missing: what an incomplete graph lacks and why, in words (empty otherwise,
+            and for subclassed layers inside a functional model).
     """
 
     graph: nx.DiGraph
@@ -48,6 +50,7 @@ class Topology:
     inputs: dict[str, str]
     variables: tuple[VariableInfo, ...]
     complete: bool = True
+    missing: str = ""
 
     @property
     def layer_names(self) -> list[str]:

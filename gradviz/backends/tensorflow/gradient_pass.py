@@ -9,9 +9,17 @@ through the model together, layer by layer
 (:class:`~gradviz.backends.tensorflow.lockstep.Lockstep`), so only a layer or
 two's K gradients are alive at a time.
 
-The forward pass is ``model.stateless_call``: weights, BatchNorm moving
-statistics and seed-generator states are read, never written, so inspecting
-leaves the model as it was.
+The forward pass runs the model statelessly, as ``model.stateless_call``
+does (:func:`gradviz.model.keras_internals.call_collecting_losses`): weights,
+BatchNorm moving statistics and seed-generator states are read, never
+written, so inspecting leaves the model as it was. The losses the model adds
+itself come back with the layer that added them: each endpoint layer's
+``add_loss`` is a loss of its own, the regularizers are summed into one. With
+``loss_terms`` (a custom training step's terms) the function is called in a
+``keras.StatelessScope`` instead and its terms are the losses.
+
+In mixed precision each loss is scaled before differentiating and the
+gradients unscaled after, as Keras's ``LossScaleOptimizer`` does.
 
 A gradient that does not exist (no differentiable path: TensorFlow returns
 None) is kept apart from one that is zero.
@@ -19,16 +27,16 @@ None) is kept apart from one that is zero.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from gradviz.backends.tensorflow.lockstep import LOCKSTEP_CYCLE, Lockstep, layer_key
 from gradviz.backends.tensorflow.reduce import reduce_all
-from gradviz.core.spec import regularization_name
+from gradviz.core.spec import ADD_LOSS, REGULARIZATION_LOSS, LossTerm, regularization_name
 from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble, unpack
 from gradviz.data import Data
-from gradviz.errors import DataError, LossSpecError
+from gradviz.errors import DataError, LossSpecError, NoLossError
 
 if TYPE_CHECKING:
     import keras
@@ -61,6 +69,13 @@ class GradientPass:
             (see :class:`~gradviz.backends.tensorflow.lockstep.Lockstep`): the same numbers with
             two layers' K gradients alive at most instead of up to K-1 copies of all of them.
             False exists for the benchmark.
+        source_names: ``id(layer)`` -> the graph node that names the losses the layer adds
+            (:func:`gradviz.model.topology.build_topology_and_sources`); a layer not in it
+            names them by its own name.
+        loss_terms: ``fn(model, x, y) -> {name: scalar}``, the terms of a custom training
+            step; they replace the compiled and added losses.
+        loss_scale: scale each loss by this before differentiating and the gradients back
+            after (mixed precision, as Keras's ``LossScaleOptimizer``); None: no scaling.
 
     Raises:
         DataError: unknown mode.
@@ -78,6 +93,9 @@ class GradientPass:
         training: bool = True,
         mode: str = MEAN_GRADIENT,
         lockstep: bool = True,
+        source_names: Mapping[int, str] | None = None,
+        loss_terms: Callable[..., Any] | None = None,
+        loss_scale: float | None = None,
     ) -> None:
         import tensorflow as tf
 
@@ -90,6 +108,15 @@ class GradientPass:
         self.mode = mode
         self.variables = list(model.trainable_variables)
         self.state_variables = list(model.non_trainable_variables)
+        self.source_names = dict(source_names or {})
+        self.loss_terms = loss_terms
+        #: the mixed-precision loss scale to start from; run() lowers it where gradients overflow (as Keras does)
+        self.loss_scale = loss_scale
+        #: read by the traced pass, so that a lower scale needs no new trace
+        self._scale = None if loss_scale is None else tf.Variable(float(loss_scale), trainable=False, dtype=tf.float32)
+        #: the losses found when the pass is traced, after the resolved output losses: each endpoint
+        #: layer's add_loss, the summed regularizers (last), or the terms of ``loss_terms``
+        self.found_terms: tuple[LossTerm, ...] = ()
         self._layer_keys = [layer_key(v) for v in self.variables]
         #: whether the backward passes run in lockstep; False after a fallback
         self.lockstep = lockstep
@@ -129,32 +156,111 @@ class GradientPass:
         weights = [tf.convert_to_tensor(v) for v in self.variables]
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(weights)
-            y_pred, new_state, extra = self.model.stateless_call(
-                weights, state, x if len(x) > 1 else x[0], training=self.training, return_losses=True
-            )
-            named = model_outputs(self.output_names, y_pred)
-            values = [
-                tf.cast(loss.for_targets(tuple(ys[loss.output].shape))(ys[loss.output], named[loss.output]), tf.float32)
-                for loss in self.losses
-            ]
-            if extra:
-                values.append(tf.cast(tf.add_n([tf.reduce_sum(tf.cast(e, tf.float32)) for e in extra]), tf.float32))
+            if self.loss_terms is not None:
+                values, new_state = self._custom_terms(x, ys, weights, state)
+            else:
+                from gradviz.model.keras_internals import call_collecting_losses
+
+                y_pred, new_state, collected = call_collecting_losses(
+                    self.model, weights, state, x if len(x) > 1 else x[0], training=self.training
+                )
+                named = model_outputs(self.output_names, y_pred)
+                values = [
+                    tf.cast(loss.for_targets(tuple(ys[loss.output].shape))(ys[loss.output], named[loss.output]),
+                            tf.float32)
+                    for loss in self.losses
+                ]
+                values.extend(self._model_terms(collected))
+            if not values:
+                raise NoLossError("the model has no loss to analyse")
+            # Mixed precision: differentiate the scaled losses, as Keras's training step does
+            # (run() unscales the statistics); the values reported stay unscaled.
+            differentiated = values if self._scale is None else [v * self._scale for v in values]
         graph = tf.compat.v1.get_default_graph()
         forward = graph.get_operations() if ordered else []
         dense, chains = [], []
-        for v in values:
+        for v in differentiated:
             start = len(graph.get_operations()) if ordered else 0
             per_loss = tape.gradient(v, weights, unconnected_gradients=tf.UnconnectedGradients.NONE)
             dense.append([None if g is None else tf.convert_to_tensor(g) for g in per_loss])
             if ordered:
                 chains.append(graph.get_operations()[start:])
         del tape
-        self._regularization = bool(extra)
         self._exists = [[g is not None for g in per_loss] for per_loss in dense]
         backward = (
             Lockstep(weights, self._layer_keys, dense, chains, forward[-1]._id if forward else -1) if ordered else None
         )
         return tf.stack(values), dense, new_state, backward
+
+    def _model_terms(self, collected: Sequence[Any]) -> list[Any]:
+        """The losses the model added in the call: one per endpoint layer, then the regularizers summed.
+
+        Records them in :attr:`found_terms`. An endpoint layer's term is named after the graph
+        node standing for it (``<layer>.add_loss`` when an output's loss already has that name).
+        """
+        import tensorflow as tf
+
+        taken = {loss.name for loss in self.losses}
+        groups: dict[str, list[Any]] = {}
+        anchors: dict[str, str | None] = {}
+        regularizers = []
+        for item in collected:
+            if item.regularizer:
+                regularizers.append(item.value)
+                continue
+            node = self.source_names.get(id(item.layer))
+            base = node or str(getattr(item.layer, "name", "add_loss"))
+            name = f"{base}.add_loss" if base in taken else base
+            groups.setdefault(name, []).append(item.value)
+            anchors[name] = node
+        found = [LossTerm(name, anchors[name], ADD_LOSS, 1.0) for name in groups]
+        values = [_summed(tensors) for tensors in groups.values()]
+        if regularizers:
+            reg_name = regularization_name(list(self.output_names) + list(groups))
+            found.append(LossTerm(reg_name, None, REGULARIZATION_LOSS, 1.0))
+            values.append(_summed(regularizers))
+        self.found_terms = tuple(found)
+        self._regularization = bool(regularizers)
+        return [tf.cast(v, tf.float32) for v in values]
+
+    def _custom_terms(self, x: list[Any], ys: dict[str, Any], weights: list[Any],
+                      state: list[Any]) -> tuple[list[Any], list[Any]]:
+        """The terms of ``loss_terms(model, x, y)``, called statelessly with ``weights`` and ``state``.
+
+        Inside a ``keras.StatelessScope`` mapping every variable to the tape-watched value, the
+        function calls the model as a training step does: gradients flow to ``weights``, and
+        whatever it updates (seed states, BatchNorm statistics) lands in the scope, not the model.
+        """
+        import keras
+        import tensorflow as tf
+
+        assert self.loss_terms is not None
+        mapping = list(zip(self.model.trainable_variables, weights)) + list(zip(self.model.non_trainable_variables, state))
+        x_arg = x if len(x) > 1 else (x[0] if x else None)
+        y_arg: Any = None if not ys else (next(iter(ys.values())) if len(ys) == 1 else dict(ys))
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            terms = self.loss_terms(self.model, x_arg, y_arg)
+        fn_name = str(getattr(self.loss_terms, "__name__", "loss_terms"))
+        if not isinstance(terms, Mapping) or not terms:
+            raise LossSpecError(
+                f"loss_terms function {fn_name} returned {type(terms).__name__}; it must return a non-empty "
+                "dict {name: scalar loss}"
+            )
+        values = []
+        for name, value in terms.items():
+            if not isinstance(name, str) or not name:
+                raise LossSpecError(f"loss_terms function {fn_name}: term names must be non-empty strings, got {name!r}")
+            tensor = tf.convert_to_tensor(value)
+            if tensor.shape.rank not in (None, 0):
+                raise LossSpecError(
+                    f"loss_terms function {fn_name}: term '{name}' has shape {tuple(tensor.shape)}; a loss term is a "
+                    "scalar (reduce it, e.g. with keras.ops.mean)"
+                )
+            values.append(tf.cast(tensor, tf.float32))
+        self.found_terms = tuple(LossTerm(name, None, fn_name, 1.0) for name in terms)
+        self._regularization = False
+        new_state = [scope.get_current_value(v) for v in self.model.non_trainable_variables]
+        return values, new_state
 
     def _compiled_step_stats(self, lockstep: bool) -> Any:
         def step_stats(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any]:
@@ -258,6 +364,11 @@ class GradientPass:
     def run(self, data: Data, progress: Progress | None = None) -> GradientStats:
         """Stream ``data`` through the compiled pass and reduce it to statistics.
 
+        With a loss scale (mixed precision), the scale is lowered as Keras's
+        ``LossScaleOptimizer`` lowers it, by halving after a step whose gradients overflow,
+        until the gradients are finite: the gradient Keras applies is the one at that scale.
+        Gradients that are not finite even unscaled are reported as they are.
+
         Args:
             data: the batches.
             progress: called with ``(batches done, batches)``.
@@ -266,6 +377,31 @@ class GradientPass:
             LossSpecError: a loss fails on the model's outputs.
             DataError: the data does not fit the model.
         """
+        loss_sum, stat_sums, divide = self._run_batches(data, progress)
+        scale = self.loss_scale
+        if scale is not None and self._scale is not None and not stat_sums[2].all() and np.isfinite(loss_sum).all():
+            self._scale.assign(1.0)  # not finite even unscaled? then the trouble is not the scale
+            unscaled = self._run_batches(data, None)
+            if unscaled[1][2].all():
+                while scale > 1.0 and not stat_sums[2].all():  # an overflow: halve as Keras does
+                    scale /= 2.0
+                    self._scale.assign(scale)
+                    loss_sum, stat_sums, divide = self._run_batches(data, None) if scale > 1.0 else unscaled
+            else:
+                scale, (loss_sum, stat_sums, divide) = 1.0, unscaled
+            self._scale.assign(float(self.loss_scale or 1.0))  # the next run starts where Keras starts
+        if scale is not None:  # the gradients of the scaled losses, unscaled (in float64)
+            stat_sums = (stat_sums[0] / scale**2, stat_sums[1] / scale, stat_sums[2])
+        names = tuple(loss.name for loss in self.losses) + tuple(t.name for t in self.found_terms)
+        return assemble(
+            names, self._exists, unpack(stat_sums, self._exists), loss_sum / data.batches, divide, data.batches,
+            self.mode, self._regularization, scale,
+        )
+
+    def _run_batches(
+        self, data: Data, progress: Progress | None
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray], float]:
+        """Every batch through the compiled pass: summed loss values, (scaled) statistics, their divisor."""
         import tensorflow as tf
 
         state = [tf.convert_to_tensor(v) for v in self.state_variables]
@@ -316,13 +452,15 @@ class GradientPass:
             divide = 1.0
         else:
             divide = float(data.batches)
-        output_names = [loss.name for loss in self.losses]
-        names = tuple(output_names) + ((regularization_name(output_names),) if self._regularization else ())
         assert loss_sum is not None and stat_sums is not None
-        return assemble(
-            names, self._exists, unpack(stat_sums, self._exists), loss_sum / data.batches, divide, data.batches,
-            self.mode, self._regularization,
-        )
+        return loss_sum, stat_sums, divide
+
+
+def _summed(tensors: Sequence[Any]) -> Any:
+    """Added losses summed as Keras's ``compute_loss`` sums them (each reduced to a scalar first)."""
+    import tensorflow as tf
+
+    return tf.add_n([tf.reduce_sum(tf.cast(t, tf.float32)) for t in tensors])
 
 
 def _compiled(fn: Any, reduce_retracing: bool = False) -> Any:
