@@ -352,7 +352,12 @@ def _findings(
         )
         found.append(Finding("dead-head", "error", f"loss '{name}' trains nothing: {why}", (name,), ()))
 
-    # blocked paths: a layer feeds an output, but the output's loss has no gradient there
+    # blocked paths: a layer feeds an output, but the output's loss has no gradient there. An endpoint
+    # layer whose weights its own add_loss trains is not one: they serve its loss, not what it passes on.
+    endpoints = {
+        info.name for info in trainable for t in spec.terms
+        if t.source == "add_loss" and t.output == info.name and t.name in info.reached_by
+    }
     for k in output_losses:
         name = names[k]
         term = next(t for t in spec.terms if t.name == name)
@@ -362,7 +367,7 @@ def _findings(
         upstream = nx.ancestors(graph, out_node) | {out_node}
         blocked = [
             info.name for info in trainable
-            if info.name in upstream and info.grad_norm.get(name) is None
+            if info.name in upstream and info.grad_norm.get(name) is None and info.name not in endpoints
         ]
         groups: dict[tuple[str, ...], list[str]] = {}
         for layer in blocked:
