@@ -157,6 +157,8 @@ def test_compiled_losses_endpoint_and_regularizers_are_what_keras_trains(tmp_pat
     assert report.layer("aux").reached_by == ("aux",)
     assert "aux" not in report.layer("trunk").reached_by
     assert report.layer("side").status == "dead"  # 0 * side: its gradient exists and is zero
+    # aux passes h on to the heads, but its own weights serve its loss only: not a path C or D is blocked on
+    assert not report.findings_of("blocked-path")
 
     aux, h = model.get_layer("aux"), model.get_layer("h")
     mse = keras.losses.MeanSquaredError()
@@ -214,3 +216,16 @@ def test_a_model_without_any_loss_says_so() -> None:
     model = keras.Model(x, layers.Dense(1, name="o")(x))
     with pytest.raises(LossSpecError, match="has no loss to analyse .*add_loss.*--loss OUTPUT=LOSS for outputs: o"):
         gradviz.analyze(model, batch_size=2)
+
+
+def test_suggested_weights_put_only_compiled_losses_in_loss_weights() -> None:
+    from gradviz.core import weighting
+
+    report = gradviz.analyze(_mixed(), batch_size=8)
+    suggestion = weighting.suggest(report, reference="h")
+    assert suggestion.weights is not None and set(suggestion.weights) == {"C", "D", "aux", "regularization"}
+    assert suggestion.loss_weights_line is not None and '"aux"' not in suggestion.loss_weights_line
+    assert "--loss-weight aux=" in (suggestion.cli_options or "")
+    assert any("aux is not weighted by compile()" in note for note in suggestion.notes)
+    only_added = weighting.suggest(gradviz.analyze(_endpoint_only(), batch_size=8))  # nothing to balance, no crash
+    assert only_added.weights is None and only_added.loss_weights_line is None
