@@ -496,6 +496,8 @@ class _Walker:
                 self.walk_functional(layer, prefix=f"{layer.name}/", sources=None)
             else:
                 self.add_node(layer.name, layer, "layer", "", None)
+        if not n_outputs:  # no known output to hang losses from (a VAE without call(), analysed by loss_terms)
+            return {}, []
         call = self.add_node(f"{model.name}.call", model, "model", "", None)
         return {}, [call] * n_outputs
 
