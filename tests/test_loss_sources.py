@@ -229,3 +229,26 @@ def test_suggested_weights_put_only_compiled_losses_in_loss_weights() -> None:
     assert any("aux is not weighted by compile()" in note for note in suggestion.notes)
     only_added = weighting.suggest(gradviz.analyze(_endpoint_only(), batch_size=8))  # nothing to balance, no crash
     assert only_added.weights is None and only_added.loss_weights_line is None
+
+
+def test_cli_refuses_in_one_line_what_keras_refuses_and_takes_overrides(tmp_path: Path, cli: Any) -> None:
+    keras.utils.set_random_seed(5)
+    x = keras.Input((4,), name="x")
+    model = keras.Model(x, [layers.Dense(1, name="C")(x), layers.Dense(1, name="D")(x)])
+    model.compile(loss="mse", loss_weights=[1.0, 0.1])  # compile() takes it; Keras's first training step does not
+    path = tmp_path / "m.keras"
+    model.save(path)
+    refused = cli("inspect", path, "--batch-size", "2")
+    assert refused.exit_code == 1 and refused.stdout == "" and refused.stderr.count("\n") == 1
+    assert ("Keras raises ValueError: `loss_weights` must match the number of losses, got 1 losses and 2 weights"
+            in refused.stderr)
+    overridden = cli("inspect", path, "--batch-size", "2", "--loss-weight", "C=1", "--loss-weight", "D=0.1", "--json")
+    assert overridden.exit_code == 0, overridden.stderr
+    import json
+
+    assert [(l["name"], l["weight"]) for l in json.loads(overridden.stdout)["losses"]] == [("C", 1.0), ("D", 0.1)]
+
+
+def test_an_endpoint_output_without_a_compiled_loss_takes_its_weight() -> None:
+    report = gradviz.analyze(_endpoint_only(), batch_size=4, loss_weights={"ctc_like": 0.5})
+    assert [(l.name, l.source, l.weight) for l in report.losses][0] == ("ctc_like", "add_loss", 0.5)

@@ -294,6 +294,8 @@ def build_spec(
     per_output = _losses_per_output(outputs, saved_loss)
     notes: list[str] = []
     leaves = len(saved_loss) if isinstance(saved_loss, (list, tuple)) else None
+    if outputs and all(name in weight_overrides for name in outputs):
+        saved_weights = None  # every weight is given: the saved ones, right or wrong, do not count
     weights = _weights_per_output(outputs, saved_weights, per_output, _loss_form(outputs, saved_loss), notes, leaves)
     if None in loss_overrides:
         per_output = [[loss_overrides[None]] for _ in outputs]
@@ -490,8 +492,8 @@ def _weights_per_output(outputs: list[str], weights: Any, per_output: list[list[
         flat = [weights[key] for key in sorted(weights)] if isinstance(weights, dict) else list(weights)
         if len(flat) != count:
             raise LossSpecError(keras_refusal(
-                f"Keras raises \"`loss_weights` must match the number of losses, got {count} losses and "
-                f"{len(weights)} weights.\""
+                f"Keras raises ValueError: `loss_weights` must match the number of losses, got {count} losses and "
+                f"{len(weights)} weights"
             ))
         if loss_form == "single":
             # One loss for every output and one weight: every output gets it, whatever a dict names it.
