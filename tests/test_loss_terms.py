@@ -191,3 +191,36 @@ def test_cli_takes_loss_terms_from_a_file(tmp_path: Path, cli: Callable[..., Res
         failed = cli("inspect", path, "--loss-terms", bad)
         assert failed.exit_code == 1 and failed.stdout == ""
         assert failed.stderr.count("\n") == 1 and message in failed.stderr, failed.stderr
+
+
+def test_gan_generator_terms_as_in_the_readme(tmp_path: Path) -> None:
+    """pix2pix's generator step: fool the (fixed) discriminator, stay close to the target in L1."""
+    keras.utils.set_random_seed(2)
+    source = keras.Input((6,), name="source")
+    generator = keras.Model(source, layers.Dense(6, name="to_target")(layers.Dense(12, activation="relu",
+                                                                                     name="g_hidden")(source)),
+                            name="generator")
+    pair = keras.Input((12,), name="pair")
+    verdict = layers.Dense(1, name="verdict")(layers.BatchNormalization(name="d_bn")(layers.Dense(8, name="d_hidden")(pair)))
+    discriminator = keras.Model(pair, verdict, name="discriminator")
+    bce = keras.losses.BinaryCrossentropy(from_logits=True)
+
+    def generator_terms(generator: Any, x: Any, y: Any) -> dict[str, Any]:
+        fake = generator(x, training=True)
+        verdict = discriminator(ops.concatenate([x, fake], axis=-1), training=True)
+        return {"adversarial": bce(ops.ones_like(verdict), verdict), "l1": 100.0 * ops.mean(ops.abs(y - fake))}
+
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((8, 6)).astype("float32"), rng.standard_normal((8, 6)).astype("float32")
+    np.savez(tmp_path / "pairs.npz", x=x, y=y)
+    frozen = [np.array(v.numpy()) for v in discriminator.variables]
+    report = gradviz.analyze(generator, data=tmp_path / "pairs.npz", batch_size=8, loss_terms=generator_terms)
+    assert all(np.array_equal(b, v.numpy()) for b, v in zip(frozen, discriminator.variables))  # BN stats too
+    assert [l.name for l in report.losses] == ["adversarial", "l1"]
+    assert report.layer("g_hidden").reached_by == ("adversarial", "l1")
+    # the generator step: one tape over the generator's weights of the summed terms
+    with tf.GradientTape() as tape:
+        terms = generator_terms(generator, x, y)
+        total = terms["adversarial"] + terms["l1"]
+    for var, g in zip(report.variables, tape.gradient(total, generator.trainable_variables)):
+        assert var.combined_grad_norm == pytest.approx(float(np.linalg.norm(g)), rel=1e-4), var.path
