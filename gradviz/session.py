@@ -187,7 +187,8 @@ class Session:
             )
         if data is not None and (self.loss_terms is not None or not inputs):
             # a loss_terms function takes whatever targets the file holds (or none); unknown inputs take any shape
-            return data_mod.load_npz_loose(data, batch_size=batch_size, batches=batches)
+            return data_mod.load_npz_loose(data, batch_size=batch_size, batches=batches,
+                                           input_names=[info.name for info in inputs])
         if data is not None:
             return data_mod.load_npz(data, inputs, self.target_infos(), batch_size=batch_size,
                                      batches=batches)

@@ -224,3 +224,19 @@ def test_gan_generator_terms_as_in_the_readme(tmp_path: Path) -> None:
         total = terms["adversarial"] + terms["l1"]
     for var, g in zip(report.variables, tape.gradient(total, generator.trainable_variables)):
         assert var.combined_grad_norm == pytest.approx(float(np.linalg.norm(g)), rel=1e-4), var.path
+
+
+def test_loss_terms_take_the_inputs_in_the_models_order(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(4)
+    b_in, a_in = keras.Input((2,), name="b_in"), keras.Input((3,), name="a_in")  # not in name order
+    model = keras.Model([b_in, a_in], layers.Dense(1, name="out")(layers.Concatenate()([b_in, a_in])))
+    seen: dict[str, Any] = {}
+
+    def shapes(model: Any, x: Any, y: Any) -> dict[str, Any]:
+        seen["shapes"] = [tuple(t.shape) for t in x]
+        return {"fit": ops.mean(ops.square(model(x) - y))}
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", **{"x:a_in": rng.random((4, 3)), "x:b_in": rng.random((4, 2)), "y": rng.random((4, 1))})
+    gradviz.analyze(model, data=tmp_path / "d.npz", batch_size=4, loss_terms=shapes)
+    assert seen["shapes"] == [(4, 2), (4, 3)]

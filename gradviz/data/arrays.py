@@ -214,14 +214,14 @@ def load_npz(
     )
 
 
-def load_npz_loose(path: str | Path, *, batch_size: int, batches: int) -> Data:
+def load_npz_loose(path: str | Path, *, batch_size: int, batches: int, input_names: Sequence[str] = ()) -> Data:
     """Read a ``.npz`` file whose arrays gradviz cannot check against the model.
 
     For a model whose inputs are unknown (a subclassed model never called), and for a
     ``loss_terms`` function, which takes whatever targets the file holds. Inputs are
-    ``x`` or the ``x:<name>`` keys (in name order); targets ``y`` or ``y:<name>``
-    (none is fine). Rows, numbers and finiteness are checked; shapes are the model's
-    business.
+    ``x`` or the ``x:<name>`` keys (in the order of ``input_names`` when the model's
+    inputs are known, else in name order); targets ``y`` or ``y:<name>`` (none is
+    fine). Rows, numbers and finiteness are checked; shapes are the model's business.
 
     Raises:
         DataError: not an ``.npz`` file, no inputs, too few rows, non-numeric or NaN/Inf values.
@@ -237,6 +237,12 @@ def load_npz_loose(path: str | Path, *, batch_size: int, batches: int) -> Data:
         with np.load(file, allow_pickle=False) as archive:
             keys = sorted(archive.files)
             x_keys = ["x"] if "x" in keys else [k for k in keys if k.startswith("x:")]
+            if input_names and not (len(input_names) == 1 and "x" in keys):
+                x_keys = [f"x:{name}" for name in input_names]  # the model's input order
+                missing = [k for k in x_keys if k not in keys]
+                if missing:
+                    raise DataError(f"{file} has no key {', '.join(map(repr, missing))}; expected keys: "
+                                    f"{', '.join(x_keys)}; keys found: {', '.join(keys) or 'none'}")
             y_keys = ["y"] if "y" in keys else [k for k in keys if k.startswith("y:")]
             if not x_keys:
                 raise DataError(f"{file} has no inputs: expected a key 'x' or 'x:<input name>'; keys found: "
@@ -257,6 +263,8 @@ def load_npz_loose(path: str | Path, *, batch_size: int, batches: int) -> Data:
                 f"x --batches {batches} = {rows_needed}"
             )
         _check_values(file, key, array, None)
+    # floats as Keras's fit() feeds them (its data adapters cast them to floatx, float32)
+    arrays = {k: a.astype("float32") if a.dtype.kind == "f" and a.dtype != np.float32 else a for k, a in arrays.items()}
     xs = tuple(arrays[k][:rows_needed] for k in x_keys)
     ys = {("y" if k == "y" else k[2:]): arrays[k][:rows_needed] for k in y_keys}
     return Data(xs, ys, batch_size, batches, False)
