@@ -273,8 +273,13 @@ class Session:
                     f"--loss-weight {name}: the model has no regularization (no weight or activity regularizer); "
                     f"its losses are: {', '.join(names)}"
                 )
+            if name in self.outputs:
+                raise LossSpecError(
+                    f"--loss-weight: output '{name}' has no loss (none compiled or given with --loss, and no "
+                    f"add_loss there) so a weight weighs nothing; its losses are: {', '.join(names)}"
+                )
             hint = (f" ('{name}' is a layer, but it adds no loss with add_loss)"
-                    if name in self.topology.graph and name not in self.outputs else "")
+                    if name in self.topology.graph else "")
             raise LossSpecError(
                 f"--loss-weight: '{name}' is not an output of the model or a layer that adds a loss; "
                 f"its losses are: {', '.join(names)}{hint}"
@@ -347,19 +352,17 @@ def prepare(
         else:
             loaded = loading.from_model(model)
             if custom_objects:
-                loaded = loading.LoadedModel(
-                    loaded.model, loaded.loss, loaded.loss_weights, None,
-                    loading.import_custom_objects(custom_objects),
-                )
+                loaded = replace(loaded, custom_objects=loading.import_custom_objects(custom_objects))
     keras_model = loaded.model
     with timer.stage("graph"):
         topo, sources = topology.build_topology_and_sources(keras_model)
     outputs = list(topo.outputs) or topology.output_names(keras_model)
     if not outputs and loss_terms is None:
+        why = topo.missing or "its call() cannot be traced"
         raise ModelLoadError(
-            f"gradviz cannot name the outputs of {keras_model.name!r}, a subclassed model: {topo.missing or 'its call() cannot be traced'}; "
-            "wrap it in a functional model (x = keras.Input(shape); keras.Model(x, model(x))), or give the terms "
-            "its training step sums with --loss-terms FILE.py:FUNCTION"
+            f"gradviz cannot name the outputs of {keras_model.name!r}, a subclassed model: {why}; wrap it in a "
+            "functional model (x = keras.Input(shape); keras.Model(x, model(x))), or give the terms its training "
+            "step sums with --loss-terms FILE.py:FUNCTION"
         )
     weights = dict(loss_weights or {})
     pending = {k: w for k, w in weights.items() if k not in outputs or loss_terms is not None}

@@ -252,3 +252,11 @@ def test_cli_refuses_in_one_line_what_keras_refuses_and_takes_overrides(tmp_path
 def test_an_endpoint_output_without_a_compiled_loss_takes_its_weight() -> None:
     report = gradviz.analyze(_endpoint_only(), batch_size=4, loss_weights={"ctc_like": 0.5})
     assert [(l.name, l.source, l.weight) for l in report.losses][0] == ("ctc_like", "add_loss", 0.5)
+
+
+def test_a_weight_for_an_output_without_a_loss_is_refused() -> None:
+    x = keras.Input((4,), name="x")
+    model = keras.Model(x, [layers.Dense(1, name="C")(x), layers.Dense(1, name="D")(x)])
+    model.compile(loss=["mse", None])
+    with pytest.raises(LossSpecError, match="output 'D' has no loss .* its losses are: C"):
+        gradviz.analyze(model, batch_size=2, loss_weights={"D": 2.0})
