@@ -8,7 +8,11 @@ from gradviz.data.arrays import (
     check_counts,
     is_mask,
     load_npz,
+    load_npz_loose,
     synthetic,
 )
 
-__all__ = ["GUESSED_IDS", "UNKNOWN_DIM", "Data", "TensorInfo", "check_counts", "is_mask", "load_npz", "synthetic"]
+__all__ = [
+    "GUESSED_IDS", "UNKNOWN_DIM", "Data", "TensorInfo", "check_counts", "is_mask", "load_npz", "load_npz_loose",
+    "synthetic",
+]
