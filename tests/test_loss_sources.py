@@ -264,3 +264,19 @@ def test_a_weight_for_an_output_without_a_loss_is_refused() -> None:
     model.compile(loss=["mse", None])
     with pytest.raises(LossSpecError, match="output 'D' has no loss .* its losses are: C"):
         gradviz.analyze(model, batch_size=2, loss_weights={"D": 2.0})
+
+
+@pytest.mark.parametrize("batch_mode", ["mean-gradient", "per-batch"])
+def test_both_executions_give_the_same_numbers_over_several_batches(tmp_path: Path, batch_mode: str) -> None:
+    """The compiled pass's accumulators get a row for each loss found when it traces (endpoint, regularizers)."""
+    x, y = _data(rows=24, seed=3)
+    data = _npz(tmp_path / "d.npz", x, y)
+    reports = {execution: gradviz.analyze(_mixed(), data=data, batch_size=8, batches=3, batch_mode=batch_mode,
+                                          execution=execution)
+               for execution in ("eager", "compiled")}
+    eager, compiled = reports["eager"].stats, reports["compiled"].stats
+    assert eager is not None and compiled is not None
+    assert eager.loss_names == compiled.loss_names == ("C", "D", "aux", "regularization")
+    np.testing.assert_array_equal(eager.exists, compiled.exists)
+    np.testing.assert_allclose(eager.gram, compiled.gram, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(eager.loss_values, compiled.loss_values, rtol=1e-6)

@@ -8,6 +8,8 @@ checked against its own training step with SGD at learning rate 1.
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -209,8 +211,17 @@ def test_cli_takes_loss_terms_from_a_file(tmp_path: Path, cli: Callable[..., Res
         assert failed.stderr.count("\n") == 1 and message in failed.stderr, failed.stderr
 
 
-def test_gan_generator_terms_as_in_the_readme(tmp_path: Path) -> None:
-    """pix2pix's generator step: fool the (fixed) discriminator, stay close to the target in L1."""
+def _readme_block(first_line: str) -> str:
+    """The README's python block that starts with ``first_line``, verbatim."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = [m.group(1) for m in re.finditer(r"^```python\n(.*?)^```$", text, flags=re.S | re.M)
+                if m.group(1).startswith(first_line + "\n")]
+    return block
+
+
+def test_gan_generator_terms_as_in_the_readme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pix2pix's generator step: fool the (fixed) discriminator, stay close to the target in L1; the README's
+    steps.py, run verbatim, with a small discriminator saved where it loads it from."""
     keras.utils.set_random_seed(2)
     source = keras.Input((6,), name="source")
     generator = keras.Model(source, layers.Dense(6, name="to_target")(layers.Dense(12, activation="relu",
@@ -218,13 +229,13 @@ def test_gan_generator_terms_as_in_the_readme(tmp_path: Path) -> None:
                             name="generator")
     pair = keras.Input((12,), name="pair")
     verdict = layers.Dense(1, name="verdict")(layers.BatchNormalization(name="d_bn")(layers.Dense(8, name="d_hidden")(pair)))
-    discriminator = keras.Model(pair, verdict, name="discriminator")
-    bce = keras.losses.BinaryCrossentropy(from_logits=True)
+    keras.Model(pair, verdict, name="discriminator").save(tmp_path / "discriminator.keras")
+    (tmp_path / "steps.py").write_text(_readme_block("# steps.py"))
+    monkeypatch.chdir(tmp_path)
+    from gradviz.model.loading import import_loss_terms
 
-    def generator_terms(generator: Any, x: Any, y: Any) -> dict[str, Any]:
-        fake = generator(x, training=True)
-        verdict = discriminator(ops.concatenate([x, fake], axis=-1), training=True)
-        return {"adversarial": bce(ops.ones_like(verdict), verdict), "l1": 100.0 * ops.mean(ops.abs(y - fake))}
+    generator_terms = import_loss_terms("steps.py:generator_terms")
+    discriminator = sys.modules[generator_terms.__module__].discriminator
 
     rng = np.random.default_rng(3)
     x, y = rng.standard_normal((8, 6)).astype("float32"), rng.standard_normal((8, 6)).astype("float32")
@@ -256,3 +267,15 @@ def test_loss_terms_take_the_inputs_in_the_models_order(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", **{"x:a_in": rng.random((4, 3)), "x:b_in": rng.random((4, 2)), "y": rng.random((4, 1))})
     gradviz.analyze(model, data=tmp_path / "d.npz", batch_size=4, loss_terms=shapes)
     assert seen["shapes"] == [(4, 2), (4, 3)]
+
+
+def test_both_executions_give_the_same_terms_over_several_batches(tmp_path: Path) -> None:
+    x = np.random.default_rng(1).random((16, 8, 8, 1)).astype("float32")
+    np.savez(tmp_path / "d.npz", x=x)
+    reports = [gradviz.analyze(_vae(), data=tmp_path / "d.npz", batch_size=8, batches=2, loss_terms=vae_terms,
+                               execution=execution) for execution in ("eager", "compiled")]
+    eager, compiled = (r.stats for r in reports)
+    assert eager is not None and compiled is not None
+    assert eager.loss_names == compiled.loss_names == ("reconstruction", "kl")
+    np.testing.assert_array_equal(eager.exists, compiled.exists)
+    np.testing.assert_allclose(eager.gram, compiled.gram, rtol=1e-5, atol=1e-12)
