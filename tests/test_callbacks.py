@@ -17,7 +17,6 @@ from keras import layers
 from gradviz.callbacks import GradientFlowMonitor, GradientFlowWarning
 from gradviz.errors import BackendError, MonitorError
 
-ROOT = Path(__file__).resolve().parents[1]
 ROWS = 32
 
 
