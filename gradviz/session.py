@@ -152,7 +152,10 @@ class Session:
         from gradviz.backends import execution
 
         params = sum(math.prod(int(d) for d in v.shape) for v in self.model.trainable_variables)
-        return execution.choose(self.execution, batches=batches, losses=len(self.losses), params=params)
+        # The losses found when the model runs (add_loss, regularization, loss_terms) are not known yet,
+        # and a choice that changed after the first run would change a session's numbers: the compiled
+        # ones count, and a model with none (add_loss only, loss_terms) counts as one.
+        return execution.choose(self.execution, batches=batches, losses=max(len(self.losses), 1), params=params)
 
     def tracing_count(self) -> int:
         """How many times the gradient pass has been compiled (traced) so far."""
