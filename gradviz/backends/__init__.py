@@ -19,7 +19,7 @@ from gradviz.errors import BackendError
 
 if TYPE_CHECKING:
     from gradviz.core.stats import GradientStats, Progress
-    from gradviz.data import Data
+    from gradviz.data import BatchSource
     from gradviz.model.losses import ResolvedLoss
 
 #: the Keras backends gradviz computes gradients on
@@ -36,7 +36,7 @@ class GradientBackend(Protocol):
     #: the array library, as the report's ``meta.backend`` names it
     name: str
 
-    def run(self, data: Data, progress: Progress | None = None) -> GradientStats:
+    def run(self, data: BatchSource, progress: Progress | None = None) -> GradientStats:
         """Per-loss gradient statistics of every trainable variable over ``data``'s batches.
 
         Raises:

@@ -1,5 +1,6 @@
 """The batches gradviz runs on: from an ``.npz`` file or seeded synthetic data."""
 
 from gradviz.data.arrays import Data, TensorInfo, check_counts, load_npz, synthetic
+from gradviz.data.batches import Batch, BatchSource
 
-__all__ = ["Data", "TensorInfo", "check_counts", "load_npz", "synthetic"]
+__all__ = ["Batch", "BatchSource", "Data", "TensorInfo", "check_counts", "load_npz", "synthetic"]

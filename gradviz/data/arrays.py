@@ -13,10 +13,11 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from gradviz.data.batches import Batch
 from gradviz.errors import DataError
 
 #: Size used for a dimension the model leaves unknown (e.g. sequence length).
@@ -45,7 +46,7 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class Data:
-    """Rows for ``batches`` batches of ``batch_size``.
+    """Rows for ``batches`` batches of ``batch_size``, held in memory.
 
     Attributes:
         x: one array per model input, in input order.
@@ -53,6 +54,9 @@ class Data:
         batch_size: rows per batch.
         batches: number of batches.
         synthetic: whether gradviz made the data up.
+        sample_weight: per output, one weight per row (or per row and time step) that
+            its loss applies, as ``Model.fit``'s ``sample_weight``; None (or an output
+            missing) means unweighted.
     """
 
     x: tuple[np.ndarray, ...]
@@ -60,6 +64,7 @@ class Data:
     batch_size: int
     batches: int
     synthetic: bool
+    sample_weight: Mapping[str, np.ndarray] | None = None
 
     def batch(self, index: int) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
         """The inputs and targets of batch ``index``.
@@ -71,6 +76,21 @@ class Data:
         """
         lo, hi = index * self.batch_size, (index + 1) * self.batch_size
         return [a[lo:hi] for a in self.x], {k: v[lo:hi] for k, v in self.y.items()}
+
+    def iter_batches(self) -> Iterator[Batch]:
+        """The ``batches`` batches in order, with their sample weights.
+
+        Example:
+            >>> d = Data((np.arange(4.0).reshape(4, 1),), {"y": np.zeros((4, 1))}, 2, 2, False,
+            ...          sample_weight={"y": np.array([1.0, 2.0, 3.0, 4.0])})
+            >>> [b.sample_weight["y"].tolist() for b in d.iter_batches()]
+            [[1.0, 2.0], [3.0, 4.0]]
+        """
+        for index in range(self.batches):
+            x, y = self.batch(index)
+            lo, hi = index * self.batch_size, (index + 1) * self.batch_size
+            weights = {k: v[lo:hi] for k, v in (self.sample_weight or {}).items()}
+            yield Batch(tuple(x), y, weights)
 
 
 def check_counts(batch_size: int, batches: int) -> None:

@@ -19,7 +19,9 @@ None) is kept apart from one that is zero.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+import itertools
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -27,7 +29,7 @@ from gradviz.backends.tensorflow.lockstep import LOCKSTEP_CYCLE, Lockstep, layer
 from gradviz.backends.tensorflow.reduce import reduce_all
 from gradviz.core.spec import regularization_name
 from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble, unpack
-from gradviz.data import Data
+from gradviz.data import Batch, BatchSource
 from gradviz.errors import DataError, LossSpecError
 
 if TYPE_CHECKING:
@@ -117,12 +119,17 @@ class GradientPass:
     # -- the traced pieces -----------------------------------------------------
 
     def _forward_backward(
-        self, x: list[Any], ys: dict[str, Any], state: list[Any], ordered: bool
+        self, x: list[Any], ys: dict[str, Any], state: list[Any], ordered: bool,
+        sample_weights: dict[str, Any] | None = None, ranks: Any = None,
     ) -> tuple[Any, list[list[Any]], Any, Lockstep | None]:
         """One forward pass and one backward pass per loss, traced.
 
-        With ``ordered``, each loss's backward ops are kept apart so that
-        :class:`~gradviz.backends.tensorflow.lockstep.Lockstep` can order them.
+        Each loss is called as Keras's ``CompileLoss`` calls it: ``loss(y, y_pred, sample_weight)``
+        with its output's sample weights (None when the output has none), so the weights and the
+        loss's reduction (``sum_over_batch_size``: the weighted sum over the batch's size) are
+        Keras's own. With ``ordered``, each loss's backward ops are kept apart so that
+        :class:`~gradviz.backends.tensorflow.lockstep.Lockstep` can order them. ``ranks`` (see
+        :func:`batch_ranks`) says which variant of an ``crossentropy`` loss the targets take.
         """
         import tensorflow as tf
 
@@ -134,8 +141,13 @@ class GradientPass:
             )
             named = model_outputs(self.output_names, y_pred)
             values = [
-                tf.cast(loss.for_targets(tuple(ys[loss.output].shape))(ys[loss.output], named[loss.output]), tf.float32)
-                for loss in self.losses
+                tf.cast(
+                    _loss_fn(loss, ys[loss.output], None if ranks is None else ranks[1][i])(
+                        ys[loss.output], named[loss.output], (sample_weights or {}).get(loss.output)
+                    ),
+                    tf.float32,
+                )
+                for i, loss in enumerate(self.losses)
             ]
             if extra:
                 values.append(tf.cast(tf.add_n([tf.reduce_sum(tf.cast(e, tf.float32)) for e in extra]), tf.float32))
@@ -157,8 +169,9 @@ class GradientPass:
         return tf.stack(values), dense, new_state, backward
 
     def _compiled_step_stats(self, lockstep: bool) -> Any:
-        def step_stats(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any]:
-            values, dense, new_state, backward = self._forward_backward(x, ys, state, lockstep)
+        def step_stats(x: list[Any], ys: dict[str, Any], state: list[Any],
+                       sws: dict[str, Any] | None = None, ranks: Any = None) -> tuple[Any, Any, Any]:
+            values, dense, new_state, backward = self._forward_backward(x, ys, state, lockstep, sws, ranks)
             packed, done = reduce_all(dense, len(self.variables))
             if backward is not None:
                 try:
@@ -170,11 +183,14 @@ class GradientPass:
 
         return _compiled(step_stats, reduce_retracing=True)
 
-    def _step_accumulate(self, x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any]:
+    def _step_accumulate(
+        self, x: list[Any], ys: dict[str, Any], state: list[Any], sws: dict[str, Any] | None = None,
+        ranks: Any = None,
+    ) -> tuple[Any, Any]:
         import tensorflow as tf
 
         # No lockstep here: each gradient goes into its own sum as soon as it exists.
-        values, dense, new_state, _ = self._forward_backward(x, ys, state, False)
+        values, dense, new_state, _ = self._forward_backward(x, ys, state, False, sws, ranks)
         # The sums exist before the first call (see run()): a tf.function that creates
         # variables traces twice, and the trace of a big model costs more than its pass.
         # Only a loss nobody could foresee (add_loss inside call) still creates its row here.
@@ -231,7 +247,7 @@ class GradientPass:
         import tensorflow as tf
 
         flat = tf.nest.flatten(args)
-        key = (id(fn),) + tuple((tuple(t.shape), t.dtype) for t in flat)
+        key = (id(fn),) + tuple((tuple(t.shape), t.dtype) if hasattr(t, "shape") else t for t in flat)
         concrete = self._concrete.get(key)
         if concrete is None:
             result = fn(*args)  # traces if needed; counted by tracing_count()
@@ -239,12 +255,13 @@ class GradientPass:
             return result
         return concrete(*args)
 
-    def _run_step_stats(self, x: list[Any], y: dict[str, Any], state: list[Any]) -> Any:
+    def _run_step_stats(self, x: list[Any], y: dict[str, Any], state: list[Any], sw: dict[str, Any],
+                        ranks: Any) -> Any:
         """One batch through ``step_stats``; without lockstep if the runtime finds its edges in a cycle."""
         import tensorflow as tf
 
         try:
-            return self._call(self.step_stats, x, y, state)
+            return self._call(self.step_stats, x, y, state, sw, ranks)
         except tf.errors.InvalidArgumentError as e:
             if not self.lockstep or LOCKSTEP_CYCLE not in str(e):
                 raise
@@ -253,13 +270,13 @@ class GradientPass:
         self.lockstep_fallback = "the runtime found the ordering edges in a cycle (a graph rewrite merged layers)"
         self._retired_traces += int(self.step_stats.experimental_get_tracing_count())
         self.step_stats = self._compiled_step_stats(False)
-        return self._call(self.step_stats, x, y, state)
+        return self._call(self.step_stats, x, y, state, sw, ranks)
 
-    def run(self, data: Data, progress: Progress | None = None) -> GradientStats:
+    def run(self, data: BatchSource, progress: Progress | None = None) -> GradientStats:
         """Stream ``data`` through the compiled pass and reduce it to statistics.
 
         Args:
-            data: the batches.
+            data: the batches (with their sample weights, if any).
             progress: called with ``(batches done, batches)``.
 
         Raises:
@@ -284,30 +301,36 @@ class GradientPass:
         self._dirty = self._dirty or accumulate  # sums stay until zeroed
         loss_sum: np.ndarray | None = None
         stat_sums: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        for b in range(data.batches):
-            xs, ys = data.batch(b)
-            x = [tf.convert_to_tensor(a) for a in xs]
-            y = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
-            try:
-                if accumulate:
-                    values, state = self._call(self.step_accumulate, x, y, state)
-                else:
-                    values, packed, state = self._run_step_stats(x, y, state)
-                    gram, max_abs, finite = (t.numpy() for t in packed)
-                    if stat_sums is None:
-                        stat_sums = (gram, max_abs, finite)
+        done = 0
+        with _closing(data.iter_batches()) as stream:  # a reader stops (workers too) even when a batch fails
+            for b, batch in enumerate(stream):
+                x = [tf.convert_to_tensor(a) for a in batch.x]
+                y = {k: tf.convert_to_tensor(v) for k, v in batch.y.items()}
+                sw = {k: tf.convert_to_tensor(v) for k, v in batch.sample_weight.items()}
+                ranks = batch_ranks(self.losses, batch)
+                try:
+                    if accumulate:
+                        values, state = self._call(self.step_accumulate, x, y, state, sw, ranks)
                     else:
-                        stat_sums = (stat_sums[0] + gram, np.maximum(stat_sums[1], max_abs), stat_sums[2] & finite)
-            except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
-                raise _explain(e) from e
-            if first_trace:  # the graph now says which gradients exist: free the other sums
-                first_trace = False
-                del self.accumulators[len(self._exists):]
-                for row, present in zip(self.accumulators, self._exists):
-                    row[:] = [acc if here else None for acc, here in zip(row, present)]
-            loss_sum = values.numpy().astype(np.float64) if loss_sum is None else loss_sum + values.numpy()
-            if progress is not None:
-                progress(b + 1, data.batches)
+                        values, packed, state = self._run_step_stats(x, y, state, sw, ranks)
+                        gram, max_abs, finite = (t.numpy() for t in packed)
+                        if stat_sums is None:
+                            stat_sums = (gram, max_abs, finite)
+                        else:
+                            stat_sums = (stat_sums[0] + gram, np.maximum(stat_sums[1], max_abs), stat_sums[2] & finite)
+                except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
+                    raise _explain(e) from e
+                if first_trace:  # the graph now says which gradients exist: free the other sums
+                    first_trace = False
+                    del self.accumulators[len(self._exists):]
+                    for row, present in zip(self.accumulators, self._exists):
+                        row[:] = [acc if here else None for acc, here in zip(row, present)]
+                loss_sum = values.numpy().astype(np.float64) if loss_sum is None else loss_sum + values.numpy()
+                done = b + 1
+                if progress is not None:
+                    progress(done, data.batches)
+        if done != data.batches:  # a source that yields fewer batches than it promised
+            raise DataError(f"the data yielded {done} batch(es); {data.batches} were expected")
         if accumulate:
             packed = self._call(self.reduce_accumulated)
             gram, max_abs, finite = (t.numpy() for t in packed)
@@ -325,19 +348,62 @@ class GradientPass:
         )
 
 
+def batch_ranks(losses: Sequence[ResolvedLoss], batch: Batch) -> tuple[Any, ...]:
+    """The ranks of a batch's arrays and the loss variant its targets take, as Python values.
+
+    The compiled steps take them as a static argument, so batches that differ in any of them
+    get traces of their own: ``reduce_retracing`` would otherwise relax, say, class ids of shape
+    ``(b,)`` and ``(b, 1)`` to a shape of unknown rank (which Keras's losses cannot read), or
+    ids ``(b, 1)`` and one-hot ``(b, 3)`` to ``(b, None)``, hiding which variant
+    ``crossentropy`` takes (:meth:`~gradviz.model.losses.ResolvedLoss.for_targets`).
+    """
+    per_loss = []
+    for loss in losses:
+        y = batch.y[loss.output]
+        weight = batch.sample_weight.get(loss.output)
+        sparse = loss.sparse_fn is not None and loss.for_targets(tuple(y.shape)) is loss.sparse_fn
+        per_loss.append((y.ndim, -1 if weight is None else weight.ndim, sparse))
+    return tuple(a.ndim for a in batch.x), tuple(per_loss)
+
+
+def _loss_fn(loss: ResolvedLoss, y: Any, ranks: tuple[int, int, bool] | None) -> Any:
+    """The Keras loss to call on targets ``y``: the variant ``ranks`` recorded, else as their shape says."""
+    if ranks is None:
+        return loss.for_targets(tuple(y.shape))
+    return loss.sparse_fn if ranks[2] else loss.fn
+
+
+@contextmanager
+def _closing(batches: Iterator[Any]) -> Iterator[Iterator[Any]]:
+    """``batches``, closed afterwards if it is a generator (its ``finally`` runs now, not at garbage collection)."""
+    try:
+        yield batches
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
 def _compiled(fn: Any, reduce_retracing: bool = False) -> Any:
     """``fn`` as a ``tf.function`` of its own.
 
     A new function object per pass: TensorFlow counts retracing per Python function (a bound
     method counts as its class's function), and warns when one function traces often; each
-    pass tracing once must not add up to that warning.
+    pass tracing once must not add up to that warning. TensorFlow tells functions apart by
+    their code object, which compares by value, so each one gets a code object of its own
+    name: many passes in one process (a notebook) or a last partial batch's second trace
+    stay below the warning.
     """
     import tensorflow as tf
 
     def call(*args: Any) -> Any:
         return fn(*args)
 
+    call.__code__ = call.__code__.replace(co_name=f"gradviz_{getattr(fn, '__name__', 'step')}_{next(_PASS_IDS)}")
     return tf.function(call, reduce_retracing=reduce_retracing, autograph=False)
+
+
+_PASS_IDS = itertools.count()
 
 
 def _explain(error: Exception) -> Exception:
