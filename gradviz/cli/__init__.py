@@ -62,9 +62,12 @@ def analysis_options(command: F) -> F:
         click.option("--loss-weight", "loss_weights", multiple=True, metavar="OUTPUT=W",
                      help="Weight of an output's loss (repeatable; 'regularization' weights model.losses, "
                           "named 'model.losses' instead when an output is called 'regularization')."),
-        click.option("--data", type=click.Path(dir_okay=False), metavar="FILE.npz",
-                     help="Inputs and targets: keys x/y, or x:<input>/y:<output>. Default: seeded synthetic data."),
-        click.option("--batch-size", type=int, default=32, show_default=True, help="Rows per batch."),
+        click.option("--data", type=click.Path(), metavar="FILE.npz|DIR",
+                     help="Inputs and targets: an .npz file (keys x/y, or x:<input>/y:<output>) or a directory "
+                          "written by tf.data.Dataset.save (elements (x, y) or (x, y, sample_weight)). "
+                          "Default: seeded synthetic data."),
+        click.option("--batch-size", type=int, default=None,
+                     help="Rows per batch (default 32; a saved dataset of batches keeps its own unless given)."),
         click.option("--batches", type=int, default=1, show_default=True,
                      help="Batches to stream; statistics describe their mean gradient."),
         click.option("--batch-mode", type=click.Choice(["mean-gradient", "per-batch"]), default="mean-gradient",
@@ -133,52 +136,21 @@ def run_analysis(model: str, **kwargs: Any) -> Any:
     import_tensorflow_quietly(debug=kwargs.get("debug", False))
     from gradviz.session import analyze
 
-    batches = kwargs["batches"]
-    with _progress(batches) as progress, stdout_to_stderr():
+    with stdout_to_stderr():
         return analyze(
             model,
             losses=losses,
             loss_weights=weights,
             data=kwargs["data"],
             batch_size=kwargs["batch_size"],
-            batches=batches,
+            batches=kwargs["batches"],
             seed=kwargs["seed"],
             training=not kwargs["inference"],
             batch_mode=kwargs["batch_mode"],
             custom_objects=kwargs["custom_objects"],
             unsafe=kwargs["unsafe"],
-            progress=progress,
+            progress="auto",  # a rich bar on stderr when it is a terminal (gradviz.output.progress)
         )
-
-
-class _progress:
-    """A rich progress bar on stderr while batches stream (only for more than one batch)."""
-
-    def __init__(self, batches: int) -> None:
-        self.batches = batches
-        self.bar: Any = None
-
-    def __enter__(self) -> Callable[[int, int], None] | None:
-        if self.batches <= 1:
-            return None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.bar = Progress(TextColumn("gradients"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=Console(stderr=True), transient=True)
-        self.bar.start()
-        task = self.bar.add_task("gradients", total=self.batches)
-        return lambda done, total: self.bar.update(task, completed=done)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

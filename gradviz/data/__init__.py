@@ -1,6 +1,10 @@
-"""The batches gradviz runs on: from an ``.npz`` file or seeded synthetic data."""
+"""The batches gradviz runs on: an ``.npz`` file, seeded synthetic data, or anything ``Model.fit`` takes."""
 
 from gradviz.data.arrays import Data, TensorInfo, check_counts, load_npz, synthetic
 from gradviz.data.batches import Batch, BatchSource
+from gradviz.data.fit import FitData, Layout, fit_data, load_saved_dataset
 
-__all__ = ["Batch", "BatchSource", "Data", "TensorInfo", "check_counts", "load_npz", "synthetic"]
+__all__ = [
+    "Batch", "BatchSource", "Data", "FitData", "Layout", "TensorInfo", "check_counts", "fit_data", "load_npz",
+    "load_saved_dataset", "synthetic",
+]
