@@ -177,8 +177,8 @@ def fit_data(
         )
     if class_weight is not None:
         _check_class_weight(class_weight, sample_weight, layout)
-        if kind == "arrays" and isinstance(y, (Mapping, list, tuple)) and len(y) == 1 == len(layout.targets):
-            y = next(iter(y.values())) if isinstance(y, Mapping) else y[0]  # Keras takes class_weight with one array
+        if kind == "arrays" and y is not None:  # Keras takes class_weight with y as one array
+            (y,) = _map_targets(y, layout, "").values()
     if kind == "generator":
         if steps is None:
             raise DataError(

@@ -169,8 +169,8 @@ class GradientPass:
         return tf.stack(values), dense, new_state, backward
 
     def _compiled_step_stats(self, lockstep: bool) -> Any:
-        def step_stats(x: list[Any], ys: dict[str, Any], state: list[Any],
-                       sws: dict[str, Any] | None = None, ranks: Any = None) -> tuple[Any, Any, Any]:
+        def step_stats(x: list[Any], ys: dict[str, Any], state: list[Any], sws: dict[str, Any],
+                       ranks: Any) -> tuple[Any, Any, Any]:
             values, dense, new_state, backward = self._forward_backward(x, ys, state, lockstep, sws, ranks)
             packed, done = reduce_all(dense, len(self.variables))
             if backward is not None:
@@ -184,8 +184,7 @@ class GradientPass:
         return _compiled(step_stats, reduce_retracing=True)
 
     def _step_accumulate(
-        self, x: list[Any], ys: dict[str, Any], state: list[Any], sws: dict[str, Any] | None = None,
-        ranks: Any = None,
+        self, x: list[Any], ys: dict[str, Any], state: list[Any], sws: dict[str, Any], ranks: Any
     ) -> tuple[Any, Any]:
         import tensorflow as tf
 
@@ -230,6 +229,24 @@ class GradientPass:
             return bool(self.model.losses)
         except Exception:  # a model that cannot tell before a call: the trace creates that row
             return False
+
+    def step_inputs(self, batch: Batch, state: list[Any] | None = None) -> tuple[Any, ...]:
+        """The arguments of the compiled steps for one batch (``step_stats(*step_inputs(batch))``).
+
+        Inputs, targets, the model's state (its current non-trainable variables unless given),
+        sample weights and :func:`batch_ranks`.
+        """
+        import tensorflow as tf
+
+        if state is None:
+            state = [tf.convert_to_tensor(v) for v in self.state_variables]
+        return (
+            [tf.convert_to_tensor(a) for a in batch.x],
+            {k: tf.convert_to_tensor(v) for k, v in batch.y.items()},
+            state,
+            {k: tf.convert_to_tensor(v) for k, v in batch.sample_weight.items()},
+            batch_ranks(self.losses, batch),
+        )
 
     def tracing_count(self) -> int:
         """How many times the compiled functions have been traced, all together."""
@@ -304,10 +321,7 @@ class GradientPass:
         done = 0
         with _closing(data.iter_batches()) as stream:  # a reader stops (workers too) even when a batch fails
             for b, batch in enumerate(stream):
-                x = [tf.convert_to_tensor(a) for a in batch.x]
-                y = {k: tf.convert_to_tensor(v) for k, v in batch.y.items()}
-                sw = {k: tf.convert_to_tensor(v) for k, v in batch.sample_weight.items()}
-                ranks = batch_ranks(self.losses, batch)
+                x, y, _, sw, ranks = self.step_inputs(batch, state)
                 try:
                     if accumulate:
                         values, state = self._call(self.step_accumulate, x, y, state, sw, ranks)
