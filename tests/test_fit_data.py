@@ -124,30 +124,51 @@ def assert_matches_keras_step(report: Any, applied: dict[str, np.ndarray], keras
 KINDS = ("numpy", "numpy-dict", "tf.data", "PyDataset", "generator")
 
 
-@pytest.fixture(scope="module")
-def one_step() -> dict[str, Any]:
-    """Per input kind: gradviz's report on one weighted batch of 16 rows, and Keras's fit step on the same data.
+#: both ways the gradient pass runs (``prepare(execution=...)``): each must give Keras's numbers
+EXECUTIONS = ("eager", "compiled")
 
-    One session serves every kind (its pass is compiled once); Keras steps from the same weights each time.
-    """
+
+@pytest.fixture(scope="module", params=EXECUTIONS)
+def execution(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def one_output_weights() -> dict[str, Any]:
+    ys = {k: Y[k][:16] for k in ORDER}
+    return {"x": X[:16], "y": ys, "sample_weight": {"cls": SW["cls"][:16]}, "batch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def keras_one_step() -> dict[str, Any]:
+    """Keras's fit step per input kind on one weighted batch of 16 rows (the model's weights restored after each)."""
     model = heads()
     norms = {v.path: float(np.linalg.norm(v.numpy())) for v in model.trainable_variables}
-    session = gradviz.prepare(model)
-    reports = {kind: session.run(**fit_style(kind, 16, 16)) for kind in KINDS}
-    reports["unweighted"] = session.run(**fit_style("numpy", 16, 16, weighted=False))
     one_array = {"x": X[:16], "y": [Y[k][:16] for k in ORDER], "sample_weight": SW["reg"][:16], "batch_size": 16}
-    reports["one-array"] = session.run(**one_array)
-    # weights for one output only: the others are unweighted (Keras's fit wants all three: ones)
-    ys = {k: Y[k][:16] for k in ORDER}
-    reports["one-output"] = session.run(x=X[:16], y=ys, sample_weight={"cls": SW["cls"][:16]}, batch_size=16)
-    reports["one-output-py-dataset"] = session.run(x=Batches((X[:16], ys, {"cls": SW["cls"][:16]}), 16))
     steps = {kind: keras_step(model, fit_style("numpy" if kind == "numpy-dict" else kind, 16, 16)) for kind in KINDS}
     steps["one-array"] = keras_step(model, one_array)
     ones = np.ones(16, "float32")
+    # weights for one output only: the others are unweighted (Keras's fit wants all three: ones)
     steps["one-output"] = steps["one-output-py-dataset"] = keras_step(
-        model, {"x": X[:16], "y": [ys[k] for k in ORDER], "sample_weight": [SW["cls"][:16], ones, ones],
+        model, {"x": X[:16], "y": [Y[k][:16] for k in ORDER], "sample_weight": [SW["cls"][:16], ones, ones],
                 "batch_size": 16})
-    return {"reports": reports, "steps": steps, "norms": norms}
+    return {"model": model, "steps": steps, "norms": norms, "one-array": one_array}
+
+
+@pytest.fixture(scope="module")
+def one_step(keras_one_step: dict[str, Any], execution: str) -> dict[str, Any]:
+    """Per input kind: gradviz's report on one weighted batch of 16 rows, in one execution, and Keras's steps.
+
+    One session serves every kind (its pass is compiled once); Keras steps from the same weights each time.
+    """
+    session = gradviz.prepare(keras_one_step["model"], execution=execution)
+    reports = {kind: session.run(**fit_style(kind, 16, 16)) for kind in KINDS}
+    reports["unweighted"] = session.run(**fit_style("numpy", 16, 16, weighted=False))
+    reports["one-array"] = session.run(**keras_one_step["one-array"])
+    reports["one-output"] = session.run(**one_output_weights())
+    one = one_output_weights()
+    reports["one-output-py-dataset"] = session.run(x=Batches((one["x"], one["y"], one["sample_weight"]), 16))
+    return {"reports": reports, "steps": keras_one_step["steps"], "norms": keras_one_step["norms"],
+            "execution": execution}
 
 
 @pytest.mark.parametrize("kind", [*KINDS, "one-array", "one-output", "one-output-py-dataset"])
@@ -156,7 +177,46 @@ def test_sample_weighted_gradient_is_what_keras_fit_applies(one_step: dict[str, 
     report = one_step["reports"][kind]
     assert [l.name for l in report.losses] == [*ORDER, REGULARIZATION]
     assert report.meta["sample_weight"] is True and report.meta["batches"] == 1
+    assert report.meta["execution"] == one_step["execution"]
     assert_matches_keras_step(report, *one_step["steps"][kind], one_step["norms"])
+
+
+@pytest.fixture(scope="module")
+def keras_per_loss_steps() -> dict[str, Any]:
+    """Per loss k, Keras's fit step with every other loss weighted 0: the weight change is w_k g_k + g_reg."""
+    model = heads()
+    norms = {v.path: float(np.linalg.norm(v.numpy())) for v in model.trainable_variables}
+    steps = {}
+    for k in ORDER:
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0),
+                      loss=["sparse_categorical_crossentropy", "mse", "binary_crossentropy"],
+                      loss_weights=[WEIGHTS[j] if j == k else 0.0 for j in ORDER])
+        steps[k] = keras_step(model, fit_style("numpy", 16, 16))[0]
+    return {"steps": steps, "norms": norms, "paths": [v.path for v in model.trainable_variables]}
+
+
+def test_each_loss_gradient_with_sample_weights_is_what_keras_fit_applies(
+    keras_per_loss_steps: dict[str, Any], one_step: dict[str, Any]
+) -> None:
+    """Per loss, not only combined: ``|w_k g_k + g_reg|`` from gradviz's Gram matrix equals Keras's step.
+
+    gradviz's per-variable Gram matrix holds every loss's gradient norm and every pair's inner product, so
+    the norm of the step Keras takes with only loss k weighted (and the regularizer, always on) is
+    ``sqrt(w_k^2 G_kk + 2 w_k G_kr + G_rr)``.
+    """
+    report = one_step["reports"]["numpy"]
+    stats = report.stats
+    assert [v.path for v in report.variables] == keras_per_loss_steps["paths"]
+    r = list(stats.loss_names).index(REGULARIZATION)
+    for k, name in enumerate(ORDER):
+        w = WEIGHTS[name]
+        for v, path in enumerate(keras_per_loss_steps["paths"]):
+            g = stats.gram[v]
+            expected = float(np.sqrt(max(w * w * g[k, k] + 2 * w * g[k, r] + g[r, r], 0.0)))
+            delta = float(np.linalg.norm(keras_per_loss_steps["steps"][name][path]))
+            assert expected == pytest.approx(delta, rel=1e-4, abs=2e-7 * keras_per_loss_steps["norms"][path]), \
+                (name, path)
+        assert report.losses[k].weight == w
 
 
 def test_sample_weights_change_the_gradient(one_step: dict[str, Any]) -> None:
@@ -182,17 +242,17 @@ def tape_gradients(model: keras.Model, x: np.ndarray, y: dict[str, np.ndarray],
 
 
 @pytest.fixture(scope="module")
-def over_batches() -> dict[str, Any]:
+def over_batches(execution: str) -> dict[str, Any]:
     """Each input kind's report over 40 rows in batches of 16 (16, 16, 8), and the separate tapes' Gram."""
     model = heads()
-    session = gradviz.prepare(model)
+    session = gradviz.prepare(model, execution=execution)
     reports = {kind: session.run(**fit_style(kind, N, 16)) for kind in KINDS}
     per_batch = [tape_gradients(model, X[s:s + 16], {k: v[s:s + 16] for k, v in Y.items()},
                                 {k: v[s:s + 16] for k, v in SW.items()}) for s in (0, 16, 32)]
     mean = [[sum(b[k][v] for b in per_batch) / 3 for v in range(len(per_batch[0][k]))] for k in range(4)]
     gram = np.array([[[float(np.vdot(mean[i][v], mean[j][v])) for j in range(4)] for i in range(4)]
                      for v in range(len(mean[0]))])
-    return {"reports": reports, "gram": gram}
+    return {"reports": reports, "gram": gram, "execution": execution}
 
 
 def assert_gram_close(actual: np.ndarray, expected: np.ndarray, rel: float = 1e-4) -> None:
@@ -206,6 +266,7 @@ def assert_gram_close(actual: np.ndarray, expected: np.ndarray, rel: float = 1e-
 
 def test_every_per_loss_gram_entry_matches_separate_tapes_with_sample_weights(over_batches: dict[str, Any]) -> None:
     stats = over_batches["reports"]["numpy"].stats
+    assert over_batches["reports"]["numpy"].meta["execution"] == over_batches["execution"]
     assert list(stats.loss_names) == [*ORDER, REGULARIZATION] and stats.batches == 3
     assert_gram_close(stats.gram, over_batches["gram"])
     diagonal = np.einsum("vkk->vk", stats.gram)  # the norms themselves: relative 1e-4 each
@@ -251,7 +312,7 @@ CLASS_CASES = [(kind, form) for kind in ("numpy", "tf.data", "PyDataset") for fo
 
 
 @pytest.fixture(scope="module")
-def class_steps() -> dict[str, Any]:
+def class_steps(execution: str) -> dict[str, Any]:
     """Per input kind and target form: gradviz with class_weight, and Keras's fit step with the same."""
     out: dict[Any, Any] = {}
     for form in ("ids", "ids-1"):
@@ -259,7 +320,7 @@ def class_steps() -> dict[str, Any]:
         # relaxes a second rank to an unknown one and fails (gradviz keeps a trace per rank)
         model = classifier()
         out["norms"] = {v.path: float(np.linalg.norm(v.numpy())) for v in model.trainable_variables}
-        session = gradviz.prepare(model)
+        session = gradviz.prepare(model, execution=execution)
         ids = IDS if form == "ids" else IDS[:, None]
         for kind in ("numpy", "tf.data", "PyDataset"):
             out[kind, form] = (session.run(class_weight=CLASS_WEIGHT, **class_data(kind, ids)),
@@ -267,6 +328,7 @@ def class_steps() -> dict[str, Any]:
     # the same session on both target forms and one-hot rows: a trace per form, none relaxed
     out["unweighted"] = session.run(**class_data("numpy", IDS))
     out["one-hot"] = session.run(**class_data("numpy", np.eye(3, dtype="float32")[IDS]))
+    out["execution"] = execution
     return out
 
 
@@ -274,6 +336,7 @@ def class_steps() -> dict[str, Any]:
 def test_class_weights_as_keras_applies_them(class_steps: dict[Any, Any], kind: str, form: str) -> None:
     """'crossentropy' on class ids (with or without a trailing 1) takes Keras's sparse variant, weighted by class."""
     report, (applied, keras_loss) = class_steps[kind, form]
+    assert report.meta["execution"] == class_steps["execution"]
     assert report.meta["class_weight"] == {"0": 0.2, "1": 1.0, "2": 3.0} and report.meta["sample_weight"] is True
     assert_matches_keras_step(report, applied, keras_loss, class_steps["norms"])
     unweighted = class_steps["unweighted"].layer("trunk").combined_grad_norm
