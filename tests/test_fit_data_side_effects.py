@@ -44,26 +44,28 @@ def data_of(kind: str) -> dict[str, Any]:
 KINDS = ("arrays", "tf.data", "PyDataset", "generator")
 
 
-def test_model_and_optimizer_unchanged() -> None:
+@pytest.mark.parametrize("execution", ["eager", "compiled"])
+def test_model_and_optimizer_unchanged(execution: str) -> None:
     model = trained_model()
     before = snapshot(model)
     assert any("moving_mean" in key for key in before) and any("seed_generator" in key for key in before)
-    session = gradviz.prepare(model)
+    session = gradviz.prepare(model, execution=execution)
     for kind in KINDS:
         report = session.run(**data_of(kind))
-        assert report.meta["batches"] == 3, kind
+        assert report.meta["batches"] == 3 and report.meta["execution"] == execution, kind
         assert_same(before, snapshot(model))
     assert int(model.optimizer.iterations.numpy()) == 1
 
 
-def test_caller_random_streams_unchanged() -> None:
+@pytest.mark.parametrize("execution", ["eager", "compiled"])
+def test_caller_random_streams_unchanged(execution: str) -> None:
     model = trained_model()
 
     def run(with_gradviz: bool) -> tuple[float, ...]:
         keras.utils.set_random_seed(123)
         keras.random.uniform(())  # the global SeedGenerator exists and has advanced
         if with_gradviz:
-            session = gradviz.prepare(model)
+            session = gradviz.prepare(model, execution=execution)
             for kind in ("arrays", "tf.data", "PyDataset"):
                 session.run(**data_of(kind))
         return draws()
