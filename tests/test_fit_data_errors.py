@@ -108,10 +108,10 @@ CASES: list[tuple[str, Case, tuple[str, ...]]] = [
      ("x is a tf.data.Dataset of unknown length (after filter(), from_generator(), ...), which may never end: "
       "pass steps=N",)),
     ("steps-beyond-arrays", lambda: {"x": X, "y": Y, "batch_size": 16, "steps": 5},
-     ("the arrays: 3 batch(es) of 16 rows; steps=5 asks for more",)),
+     ("the arrays: 3 batch(es) of 16 rows; `steps=5` asks for more",)),
     ("generator-ends-early", lambda: {"x": batches_of((X, tuple(Y[k] for k in ORDER)), 16), "steps": 5},
-     ("the generator ended after 3 batch(es); steps=5 asks for more",)),
-    ("steps-zero", lambda: {"x": X, "y": Y, "steps": 0}, ("steps must be at least 1, got 0",)),
+     ("the generator ended after 3 batch(es); `steps=5` asks for more",)),
+    ("steps-zero", lambda: {"x": X, "y": Y, "steps": 0}, ("`steps` must be at least 1, got 0",)),
     # arguments that do not go together
     ("batch-size-with-dataset", lambda: {"x": _dataset(), "batch_size": 8},
      ("batch_size applies to arrays; x is the tf.data.Dataset, whose own batches are used as they are",)),
@@ -203,4 +203,4 @@ def test_cli_saved_dataset_shorter_than_batches(cli: Any, two_heads_file: Path, 
     rows = _saved(tmp_path / "ds", np.zeros((8, 3), "float32"), np.zeros((8, 1), "float32"),
                   np.zeros((8, 1), "float32"))
     assert_one_error(cli("inspect", two_heads_file, "--data", rows, "--batch-size", "4", "--batches", "3"),
-                     f"the saved dataset {rows}: 2 batch(es); steps=3 asks for more")
+                     f"the saved dataset {rows}: 2 batch(es); --batches 3 asks for more")

@@ -84,13 +84,14 @@ class FitData:
     guessed: tuple[str, ...] = ()
 
     def __init__(self, adapter: Any, layout: Layout, *, batches: int, batch_size: int | None, description: str,
-                 phrase: str, class_weight: Mapping[int, float] | None = None) -> None:
+                 phrase: str, class_weight: Mapping[int, float] | None = None, count_name: str = "steps") -> None:
         self._adapter = adapter
         self.layout = layout
         self.batches = batches
         self.batch_size = batch_size
         self.description = description
         self._phrase = phrase
+        self._count_name = count_name
         self.class_weight = class_weight
         self.weighted = False
 
@@ -108,7 +109,7 @@ class FitData:
                     raw = next(iterator)
                 except StopIteration:
                     raise DataError(
-                        f"{self._phrase} ended after {index} batch(es); steps={self.batches} asks for more"
+                        f"{self._phrase} ended after {index} batch(es); `{self._count_name}={self.batches}` asks for more"
                     ) from None
                 except GradvizError:
                     raise
@@ -132,6 +133,7 @@ def fit_data(
     steps: int | None = None,
     description: str | None = None,
     phrase: str | None = None,
+    count_name: str = "steps",
 ) -> FitData:
     """Batches from what ``Model.fit`` takes, through the adapter ``fit`` would use.
 
@@ -150,14 +152,16 @@ def fit_data(
             unknown (a generator, an infinite or filtered dataset).
         description: what the report calls the data (default: its kind).
         phrase: how messages name the data (default: ``the <kind>``).
+        count_name: the parameter that set ``steps``, as messages name it (``batches`` for a saved
+            dataset read with ``batches=N``, which the CLI calls ``--batches``).
 
     Raises:
         DataError: the data cannot feed the model, or its length is unknown and ``steps`` missing.
     """
     if steps is not None and steps < 1:
-        raise DataError(f"steps must be at least 1, got {steps}")
+        raise DataError(f"`{count_name}` must be at least 1, got {steps}")
     if batch_size is not None and batch_size < 1:
-        raise DataError(f"batch_size must be at least 1, got {batch_size}")
+        raise DataError(f"`batch_size` must be at least 1, got {batch_size}")
     kind = _kind(x)
     description = description or {"arrays": "arrays", "tf.data": "tf.data.Dataset", "generator": "generator"}.get(
         kind, f"PyDataset {type(x).__name__}"
@@ -199,10 +203,10 @@ def fit_data(
         adapter = keras_internals.data_adapter(x, y, sample_weight, class_weight, batch_size, steps)
     except ValueError as e:
         raise DataError(f"{phrase}: {_short(e)}") from e
-    batches = _count(adapter, x, kind, steps, phrase)
+    batches = _count(adapter, x, kind, steps, phrase, count_name)
     known = adapter.batch_size
     return FitData(adapter, layout, batches=batches, batch_size=int(known) if isinstance(known, int) else None,
-                   description=description, phrase=phrase, class_weight=class_weight)
+                   description=description, phrase=phrase, class_weight=class_weight, count_name=count_name)
 
 
 def is_saved_dataset(path: str | Path) -> bool:
@@ -240,7 +244,7 @@ def load_saved_dataset(path: str | Path, layout: Layout, *, batch_size: int | No
     elif batch_size is not None:
         dataset = dataset.rebatch(batch_size)
     return fit_data(dataset, layout=layout, steps=batches, description=str(directory),
-                    phrase=f"the saved dataset {directory}")
+                    phrase=f"the saved dataset {directory}", count_name="batches")
 
 
 # -- naming and checking one batch -------------------------------------------------------------
@@ -568,7 +572,7 @@ def _peeked(generator: Iterator[Any]) -> Iterator[Any]:
     return chained()
 
 
-def _count(adapter: Any, x: Any, kind: str, steps: int | None, phrase: str) -> int:
+def _count(adapter: Any, x: Any, kind: str, steps: int | None, phrase: str, count_name: str = "steps") -> int:
     """How many batches to read: ``steps``, or all of them when the data knows how many it has."""
     known = adapter.num_batches
     if known is None:
@@ -591,7 +595,7 @@ def _count(adapter: Any, x: Any, kind: str, steps: int | None, phrase: str) -> i
         return known
     if steps > known:
         size = f" of {adapter.batch_size} rows" if kind == "arrays" else ""
-        raise DataError(f"{phrase}: {known} batch(es){size}; steps={steps} asks for more")
+        raise DataError(f"{phrase}: {known} batch(es){size}; `{count_name}={steps}` asks for more")
     return steps
 
 
