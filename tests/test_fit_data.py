@@ -373,3 +373,15 @@ def test_saved_dataset_of_rows_or_batches(tmp_path: Path, cli: Any) -> None:
     by_path = {v["path"]: v["combined_grad_norm"] for v in document["variables"]}
     for var in reference.variables:
         assert by_path[var.path] == pytest.approx(var.combined_grad_norm, rel=1e-5)
+
+
+def test_eager_and_compiled_give_the_same_weighted_numbers() -> None:
+    """Sample weights over batches with a partial last one, and class weights: the two executions agree."""
+    model, one = heads(), classifier()
+    cases = [(model, fit_style("tf.data", N, 16)), (one, {**class_data("numpy", IDS), "class_weight": CLASS_WEIGHT})]
+    for m, data in cases:
+        eager, compiled = (gradviz.prepare(m, execution=e).run(**data) for e in EXECUTIONS)
+        assert (eager.meta["execution"], compiled.meta["execution"]) == EXECUTIONS
+        assert eager.meta["sample_weight"] is compiled.meta["sample_weight"] is True
+        assert_gram_close(eager.stats.gram, compiled.stats.gram, rel=1e-5)
+        np.testing.assert_allclose([l.value for l in eager.losses], [l.value for l in compiled.losses], rtol=1e-6)
