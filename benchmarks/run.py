@@ -117,8 +117,7 @@ class Prepared:
             return  # nothing to trace
         if name in ("gradviz", UNORDERED):
             gradient_pass = self.gradient_pass if name == "gradviz" else self.unordered
-            state = [tf.convert_to_tensor(v) for v in gradient_pass.state_variables]
-            gradient_pass.step_stats.get_concrete_function(x, y, state)
+            gradient_pass.step_stats.get_concrete_function(*gradient_pass.step_inputs(next(self.data.iter_batches())))
         else:
             self.peers[name].get_concrete_function(x, y)
 

@@ -19,7 +19,7 @@ from gradviz.errors import BackendError
 
 if TYPE_CHECKING:
     from gradviz.core.stats import GradientStats, Progress
-    from gradviz.data import Data
+    from gradviz.data import BatchSource
     from gradviz.model.losses import ResolvedLoss
 
 #: the Keras backends gradviz computes gradients on
@@ -36,8 +36,11 @@ class GradientBackend(Protocol):
     #: the array library, as the report's ``meta.backend`` names it
     name: str
 
-    def run(self, data: Data, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
+    def run(self, data: BatchSource, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
         """Per-loss gradient statistics of every trainable variable over ``data``'s batches.
+
+        Each batch carries its per-output sample weights (:class:`~gradviz.data.Batch`); each
+        loss is called with them as Keras's ``CompileLoss`` calls it.
 
         ``seed`` seeds the model's random layers (Dropout, noise, ``SeedGenerator`` states) inside
         the stateless call, never the model's own state; None runs them from the model's state.

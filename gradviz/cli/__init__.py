@@ -109,9 +109,12 @@ def analysis_options(command: F) -> F:
         click.option("--loss-weight", "loss_weights", multiple=True, metavar="OUTPUT=W",
                      help="Weight of an output's loss (repeatable; 'regularization' weights model.losses, "
                           "named 'model.losses' instead when an output is called 'regularization')."),
-        click.option("--data", type=click.Path(dir_okay=False), metavar="FILE.npz",
-                     help="Inputs and targets: keys x/y, or x:<input>/y:<output>. Default: seeded synthetic data."),
-        click.option("--batch-size", type=int, default=32, show_default=True, help="Rows per batch."),
+        click.option("--data", type=click.Path(), metavar="FILE.npz|DIR",
+                     help="Inputs and targets: an .npz file (keys x/y, or x:<input>/y:<output>) or a directory "
+                          "written by tf.data.Dataset.save (elements (x, y) or (x, y, sample_weight)). "
+                          "Default: seeded synthetic data."),
+        click.option("--batch-size", type=int, default=None,
+                     help="Rows per batch (default 32; a saved dataset of batches keeps its own unless given)."),
         click.option("--batches", type=int, default=1, show_default=True,
                      help="Batches to stream; statistics describe their mean gradient."),
         click.option("--batch-mode", type=click.Choice(["mean-gradient", "per-batch"]), default="mean-gradient",

@@ -30,7 +30,7 @@ from gradviz.backends.tensorflow.forward import loss_values
 from gradviz.backends.tensorflow.reduce import GRAM_CHUNK, gram_stats
 from gradviz.core.spec import regularization_name
 from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble
-from gradviz.data import Data
+from gradviz.data import BatchSource
 from gradviz.model.randomness import GlobalSeedGenerator, find_random_state, seeded_state
 from gradviz.errors import DataError
 
@@ -89,8 +89,13 @@ class EagerPass:
         """Always 0: nothing is traced."""
         return 0
 
-    def gradients(self, x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, list[list[Any]], Any, bool]:
+    def gradients(
+        self, x: list[Any], ys: dict[str, Any], state: list[Any], sample_weights: dict[str, Any] | None = None
+    ) -> tuple[Any, list[list[Any]], Any, bool]:
         """One forward pass and one backward pass per loss, eagerly.
+
+        Each loss is called with its output's ``sample_weights`` as Keras's ``CompileLoss`` calls it
+        (:func:`~gradviz.backends.tensorflow.forward.loss_values`, as in the compiled pass).
 
         Returns:
             ``(values (K,), dense, new_state, has_regularization)`` with ``dense[k][v]`` loss k's
@@ -102,7 +107,7 @@ class EagerPass:
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(weights)
             values, new_state, regularization = loss_values(
-                self.model, weights, state, x, ys, self.losses, self.output_names, self.training
+                self.model, weights, state, x, ys, self.losses, self.output_names, self.training, sample_weights
             )
         dense = [
             [None if g is None else tf.convert_to_tensor(g)
@@ -112,7 +117,7 @@ class EagerPass:
         del tape  # the forward activations: gone before the reduction needs room
         return tf.stack(values), dense, new_state, regularization
 
-    def run(self, data: Data, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
+    def run(self, data: BatchSource, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
         """Statistics of every trainable variable's per-loss gradients over ``data``'s batches.
 
         ``seed`` seeds the random layers' state as the compiled pass does (same masks in both modes).
@@ -123,7 +128,7 @@ class EagerPass:
         """
         import tensorflow as tf
 
-        from gradviz.backends.tensorflow.gradient_pass import _explain, _inputs_text
+        from gradviz.backends.tensorflow.gradient_pass import _closing, _explain, _inputs_text
 
         if seed is None:
             state = [tf.convert_to_tensor(v) for v in self.state_variables]
@@ -136,30 +141,36 @@ class EagerPass:
         regularization = False
         loss_sum: np.ndarray | None = None
         stat_sums: list[Any] | None = None
-        for b in range(data.batches):
-            xs, ys = data.batch(b)
-            x = [tf.convert_to_tensor(a) for a in xs]
-            y = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
-            try:
-                with self.global_seed.active():
-                    values, dense, state, regularization = self.gradients(x, y, state)
-            except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
-                raise _explain(e, _inputs_text(self.model, xs), data.guessed) from e
-            exists = [[g is not None for g in per_loss] for per_loss in dense]
-            if accumulate:
-                # The float32 sum per loss and variable, as the compiled pass keeps it.
-                if sums is None:
-                    sums = [[None if g is None else tf.cast(g, tf.float32) for g in per_loss] for per_loss in dense]
+        done = 0
+        with _closing(data.iter_batches()) as stream:  # a reader stops (workers too) even when a batch fails
+            for b, batch in enumerate(stream):
+                x = [tf.convert_to_tensor(a) for a in batch.x]
+                y = {k: tf.convert_to_tensor(v) for k, v in batch.y.items()}
+                weights = {k: tf.convert_to_tensor(v) for k, v in batch.sample_weight.items()}
+                try:
+                    with self.global_seed.active():
+                        values, dense, state, regularization = self.gradients(x, y, state, weights)
+                except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
+                    raise _explain(e, _inputs_text(self.model, batch.x), data.guessed) from e
+                exists = [[g is not None for g in per_loss] for per_loss in dense]
+                if accumulate:
+                    # The float32 sum per loss and variable, as the compiled pass keeps it.
+                    if sums is None:
+                        sums = [[None if g is None else tf.cast(g, tf.float32) for g in per_loss]
+                                for per_loss in dense]
+                    else:
+                        sums = [[None if s is None else s + tf.cast(g, tf.float32) for s, g in zip(srow, grow)]
+                                for srow, grow in zip(sums, dense)]
                 else:
-                    sums = [[None if s is None else s + tf.cast(g, tf.float32) for s, g in zip(srow, grow)]
-                            for srow, grow in zip(sums, dense)]
-            else:
-                stats = reduce_eagerly(dense)
-                stat_sums = stats if stat_sums is None else [_add(a, s) for a, s in zip(stat_sums, stats)]
-            del dense
-            loss_sum = values.numpy().astype(np.float64) if loss_sum is None else loss_sum + values.numpy()
-            if progress is not None:
-                progress(b + 1, data.batches)
+                    stats = reduce_eagerly(dense)
+                    stat_sums = stats if stat_sums is None else [_add(a, s) for a, s in zip(stat_sums, stats)]
+                del dense
+                loss_sum = values.numpy().astype(np.float64) if loss_sum is None else loss_sum + values.numpy()
+                done = b + 1
+                if progress is not None:
+                    progress(done, data.batches)
+        if done != data.batches:  # a source that yields fewer batches than it promised
+            raise DataError(f"the data yielded {done} batch(es); {data.batches} were expected")
         if accumulate:
             assert sums is not None
             n = data.batches
