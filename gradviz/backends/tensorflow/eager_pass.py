@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from gradviz.backends.tensorflow.distribution import single_device
 from gradviz.backends.tensorflow.forward import loss_values
 from gradviz.backends.tensorflow.reduce import GRAM_CHUNK, gram_stats
 from gradviz.core.spec import regularization_name
@@ -117,6 +118,7 @@ class EagerPass:
         del tape  # the forward activations: gone before the reduction needs room
         return tf.stack(values), dense, new_state, regularization
 
+    @single_device  # under a tf.distribute scope: the whole data on one device, losses unscaled
     def run(self, data: BatchSource, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
         """Statistics of every trainable variable's per-loss gradients over ``data``'s batches.
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
+from gradviz.backends.tensorflow.distribution import single_device
 from gradviz.backends.tensorflow.forward import batch_ranks, loss_values
 from gradviz.backends.tensorflow.lockstep import LOCKSTEP_CYCLE, Lockstep, layer_key
 from gradviz.backends.tensorflow.reduce import reduce_all
@@ -277,6 +278,7 @@ class GradientPass:
         self.step_stats = self._compiled_step_stats(False)
         return self._call(self.step_stats, x, y, state, sw, ranks)
 
+    @single_device  # under a tf.distribute scope: the whole data on one device, losses unscaled
     def run(self, data: BatchSource, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
         """Stream ``data`` through the compiled pass and reduce it to statistics.
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gradviz.backends.tensorflow.distribution import single_device
+
 if TYPE_CHECKING:
     from gradviz.backends.tensorflow.gradient_pass import GradientPass
     from gradviz.data import BatchSource
@@ -41,6 +43,7 @@ class GradientValues:
         """How many times the pass has been traced."""
         return int(self._values.experimental_get_tracing_count())
 
+    @single_device  # under a tf.distribute scope: the whole data on one device, losses unscaled
     def run(self, data: BatchSource, loss_names: list[str], layer_of: list[str]) -> dict[tuple[str, str], np.ndarray]:
         """``{(loss, layer): values}``: each loss's gradient averaged over the batches, per layer.
 
