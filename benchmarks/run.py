@@ -12,7 +12,9 @@ same batches, interleaving repeats and reporting medians. Peak memory is
 measured per method in a fresh subprocess; the stages of ``gradviz inspect``
 in another fresh subprocess. Time to the answer is measured as users feel it:
 whole processes of ``gradviz inspect`` against hand-written ones
-(``handwritten.py``), each started fresh. The results are written as Markdown
+(``handwritten.py``), each started fresh. The training monitor's probe is measured against the
+hand-written floor for the same work, and against a training epoch (``monitor.py``, ``--tables monitor``).
+The results are written as Markdown
 (``RESULTS.md``) and JSON (``results.json``) into ``--out``; ``--tables`` measures
 only some tables and keeps the others from the ``results.json`` already there.
 """
@@ -40,6 +42,7 @@ sys.path[:0] = [str(ROOT), str(HERE)]  # measure this checkout's gradviz
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import models  # noqa: E402
+import monitor as monitor_table  # noqa: E402
 import peers  # noqa: E402
 
 METHODS = ("gradviz",) + peers.PEERS
@@ -55,7 +58,7 @@ PROCESS_BATCHES = (1, 8)
 HANDWRITTEN = {"hand-eager": "eager", "hand-tf.function": "function"}
 #: target of issue 12: gradviz inspect's whole process vs the faster hand-written one
 TARGET_PROCESS = 1.2
-TABLES = ("timing", "memory", "stages", "process", "graph")
+TABLES = ("timing", "memory", "stages", "process", "graph", "monitor")
 #: targets of issue 6 (ratios)
 TARGET_VS_FLOOR = 1.15
 TARGET_NAIVE_SPEEDUP = 1.3
@@ -117,8 +120,7 @@ class Prepared:
             return  # nothing to trace
         if name in ("gradviz", UNORDERED):
             gradient_pass = self.gradient_pass if name == "gradviz" else self.unordered
-            state = [tf.convert_to_tensor(v) for v in gradient_pass.state_variables]
-            gradient_pass.step_stats.get_concrete_function(x, y, state)
+            gradient_pass.step_stats.get_concrete_function(*gradient_pass.step_inputs(next(self.data.iter_batches())))
         else:
             self.peers[name].get_concrete_function(x, y)
 
@@ -352,6 +354,30 @@ def measure_processes(name: str, batch_size: int, batch_counts: tuple[int, ...],
     return rows
 
 
+# ---------------------------------------------------------------- the training monitor (fresh subprocess)
+
+
+def measure_monitor(name: str, args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    """Run :func:`monitor.child_monitor` for case ``name`` in a fresh interpreter, with the load around it."""
+    repeats = args.repeats or (5 if args.quick else (40 if name == "sample" else 20))
+    epochs = 3 if args.quick else (8 if name == "sample" else 5)
+    log(f"{name}: training monitor (fresh process, {repeats} repeats, {epochs} epochs)")
+    load_before = os.getloadavg()[0]
+    cmd = [sys.executable, str(Path(__file__)), "--child-monitor", name, str(repeats), str(epochs)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    load = {"load_before": load_before, "load_after": os.getloadavg()[0]}
+    if proc.returncode != 0:
+        error = (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]
+        log(f"  {name}: failed: {error}")
+        return {"model": name, "error": error, **load}
+    row = {**json.loads(proc.stdout.strip().splitlines()[-1]), **load}
+    med = row["median"]
+    log(f"  {name}: monitor {med['monitor'] * 1e3:.2f} ms, pass {med['pass'] * 1e3:.2f} ms, floor "
+        f"{med['floor'] * 1e3:.2f} ms; epoch {row['epoch']:.3f} s, probe in fit {row['probe_in_fit']:.4f} s")
+    return row
+
+
 # ---------------------------------------------------------------- graph size and --help
 
 
@@ -579,6 +605,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"(DOT by {g['dot_by']}).",
         ]
     lines += process_markdown(results)
+    lines += monitor_table.markdown(results.get("monitor", []))
     lines += ["", "## Targets", "", "| target | measured | |", "|---|---|---|"]
     for target, measured, ok in targets(results):
         lines.append(f"| {target} | {measured} | {_mark(ok)} |")
@@ -665,6 +692,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         r = _ratio(row["seconds"].get("gradviz"), faster)
         out.append((f"{row['model']} x {row['batches']} batch(es): `gradviz inspect` <= {TARGET_PROCESS}x the faster "
                     "hand-written process", f"{_f(r, 2)}x", None if r is None else r <= TARGET_PROCESS))
+    out += monitor_table.targets(results.get("monitor", []))
     g = results.get("graph")
     if g:
         out.append((f"topology + analysis + DOT for ~800 nodes < {TARGET_GRAPH_SECONDS:.0f} s",
@@ -694,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
                              "others are kept from the results.json already in --out")
     parser.add_argument("--child-memory", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--child-stages", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--child-monitor", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child_memory:
@@ -703,6 +732,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child_stages:
         model, path, batch, batches = args.child_stages
         print(json.dumps(child_stages(model, path, int(batch), int(batches))))
+        return 0
+    if args.child_monitor:
+        name, repeats, epochs = args.child_monitor
+        print(json.dumps(monitor_table.child_monitor(name, int(repeats), int(epochs))))
         return 0
 
     def log(text: str) -> None:
@@ -724,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = [models.CASES[n] for n in names]
     command = "python benchmarks/run.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     results: dict[str, Any] = {"command": command.strip(), "machine": machine(), "timing": [], "memory": [],
-                               "stages": [], "process": [], "kept": {}}
+                               "stages": [], "process": [], "monitor": [], "kept": {}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gradviz-bench-") as tmp:
         for case in cases:
@@ -746,6 +779,9 @@ def main(argv: list[str] | None = None) -> int:
                 counts = (1,) if args.quick else PROCESS_BATCHES
                 log(f"{name}: whole processes (batch {batch_size} x {', '.join(map(str, counts))})")
                 results["process"] += measure_processes(name, batch_size, counts, Path(tmp), log)
+        if "monitor" in tables:
+            for name in monitor_table.QUICK if args.quick else monitor_table.CASES:
+                results["monitor"].append(measure_monitor(name, args, log))
     if "graph" in tables and not args.quick:
         log("graph of ~800 nodes")
         results["graph"] = graph_check()
@@ -772,10 +808,16 @@ def keep_earlier(results: dict[str, Any], tables: list[str], previous_file: Path
     if not (tables or memory_methods) or not previous_file.exists():
         return
     previous = json.loads(previous_file.read_text())
+    for key, value in previous.items():  # what an earlier run or a merge added beside the tables (process_loaded_run)
+        if key not in results and key not in TABLES:
+            results[key] = value
     for table in tables:
         if previous.get(table):
             results[table] = previous[table]
-            results["kept"][table] = previous.get("kept", {}).get(table) or _measured_on(previous)
+            # a table kept in parts ("memory of ...", "memory, all but ...") keeps its parts' dates
+            parts = {k: v for k, v in previous.get("kept", {}).items()
+                     if k == table or k.startswith((f"{table} ", f"{table},"))}
+            results["kept"].update(parts or {table: _measured_on(previous)})
     if memory_methods and "memory" not in tables:
         earlier = {mem["model"]: mem["methods"] for mem in previous.get("memory", [])}
         kept = False

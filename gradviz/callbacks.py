@@ -45,10 +45,12 @@ class GradientFlowMonitor(keras.callbacks.Callback):
     """Per-loss gradient flow on a probe during ``fit``, into Keras's logs, a history file and TensorBoard.
 
     Args:
-        probe: what ``fit`` takes, kept small: ``(x, y)`` with NumPy arrays (``x``: one array, a list in
-            input order or a dict by input name; ``y``: likewise by output), or a ``tf.data.Dataset``
-            of a few such batches. ``(x, y, sample_weight)`` is refused until the gradient pass
-            applies sample weights.
+        probe: what ``fit`` takes, kept small: ``(x, y)`` or ``(x, y, sample_weight)`` with NumPy
+            arrays (``x``: one array, a list in input order or a dict by input name; ``y`` and
+            ``sample_weight``: likewise by output), or a ``tf.data.Dataset`` or ``keras.utils.PyDataset``
+            of a few such batches. It goes through the same data path as ``gradviz.analyze(x=...)``
+            (:mod:`gradviz.data.probe`), and each loss applies its sample weights as Keras's
+            training step does.
         every_n_epochs: probe at the end of epochs 1, 1 + n, 1 + 2n, ... (the first is always probed,
             so a ``CSVLogger`` sees the keys); None: not at epoch ends.
         every_n_steps: also probe every n training steps (history file and TensorBoard only).
@@ -56,7 +58,8 @@ class GradientFlowMonitor(keras.callbacks.Callback):
             False for inference mode.
         path: the history file: one JSON line per probe (overwritten when training begins).
         log_dir: a TensorBoard log directory; the monitor writes to its ``gradviz`` subdirectory.
-        batch_size: rows per probe batch for array probes; None: the whole probe as one batch.
+        batch_size: rows per probe batch for array probes (whole batches only); None: the whole
+            probe as one batch. A dataset probe keeps its own batches.
         histograms: with ``log_dir``, also write per-loss gradient histograms per layer
             (an extra forward and K backward passes per probe).
         thresholds: when figures become findings and events (``dominated``).
@@ -154,8 +157,7 @@ class GradientFlowMonitor(keras.callbacks.Callback):
             # compiled: the probe runs every epoch, so one trace pays off (and the histograms reuse the pass)
             self.session = prepare(self.model, training=self.training, thresholds=self.thresholds,
                                    execution="compiled")
-            self._data = probe_data(self.probe, self.session.input_infos(), self.session.target_infos(),
-                                    self.session.outputs, batch_size=self.batch_size)
+            self._data = probe_data(self.probe, self.session.layout(), batch_size=self.batch_size)
             self._trunk = None
         if self.path is not None and self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +177,7 @@ class GradientFlowMonitor(keras.callbacks.Callback):
         step = self._step()
         if self.records and self.records[-1]["step"] == step and self.records[-1]["epoch"] == self._epochs_done:
             return self.records[-1]  # probed at this very step already (every_n_steps)
-        report = self.session.run(self._data)
+        report = self.session.run(self._data, progress=None)  # no bar inside fit's own
         if self._trunk is None:
             self._trunk = trunk_layers(report)
         rec = record(report, self._trunk, epoch=self._epochs_done, step=step)

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from gradviz.backends import GradientBackend
     from gradviz.backends.execution import Execution
     from gradviz.core.graph import Topology
-    from gradviz.data import Data, TensorInfo
+    from gradviz.data import Data, FitData, Layout, TensorInfo
     from gradviz.model.loading import LoadedModel
     from gradviz.model.losses import ResolvedLoss
 
@@ -199,18 +199,72 @@ class Session:
             infos.append(TensorInfo(loss.output, loss.output_shape, loss.output_dtype, None, loss.target_kind))
         return infos
 
+    def layout(self) -> Layout:
+        """What data must match: the inputs, the outputs, which outputs need targets and their losses."""
+        from gradviz.data import Layout
+
+        losses: dict[str, list[str]] = {}
+        for loss in self.losses:
+            losses.setdefault(loss.output, []).append(loss.term.loss)
+        return Layout(tuple(self.input_infos()), tuple(self.target_infos()), tuple(self.outputs),
+                      {output: " + ".join(names) for output, names in losses.items()})
+
     def data(
-        self, data: str | Path | Data | None = None, *, batch_size: int = 32, batches: int = 1, seed: int = 0
-    ) -> Data:
-        """The batches a run computes on: ``data`` (an ``.npz`` file or ready batches) or seeded synthetic data.
+        self,
+        data: str | Path | Data | FitData | None = None,
+        *,
+        x: Any = None,
+        y: Any = None,
+        sample_weight: Any = None,
+        class_weight: Mapping[int, float] | None = None,
+        batch_size: int | None = None,
+        steps: int | None = None,
+        batches: int | None = None,
+        seed: int = 0,
+    ) -> Data | FitData:
+        """The batches a run computes on: ``x`` (as ``Model.fit`` takes it), a file, or synthetic data.
+
+        Args:
+            data: an ``.npz`` file, a directory written by ``tf.data.Dataset.save``, or ready
+                batches (:class:`~gradviz.data.Data`, :class:`~gradviz.data.FitData`: the training
+                monitor's probe), used as they are.
+            x, y, sample_weight, class_weight, steps: as :meth:`run` takes them.
+            batch_size: rows per batch (default 32; for ``x``, as ``Model.fit`` picks it).
+            batches: how many batches of a file or of synthetic data (default 1).
+            seed: seed of the synthetic data.
 
         Raises:
-            DataError: the file does not fit the model, or the counts are below 1.
+            DataError: the data does not fit the model, or the arguments do not go together.
         """
         from gradviz import data as data_mod
+        from gradviz.data import fit
 
-        if isinstance(data, data_mod.Data):  # ready batches (the training monitor's probe): as they are
+        if x is not None:
+            if data is not None:
+                raise DataError("pass data= (a file) or x= (data in memory), not both")
+            if batches is not None:
+                raise DataError("with x=..., the number of batches is steps=N (batches= is for data= files and "
+                                "synthetic data)")
+            return fit.fit_data(x, y, sample_weight, class_weight, layout=self.layout(), batch_size=batch_size,
+                                steps=steps)
+        for name, value in (("y", y), ("sample_weight", sample_weight), ("class_weight", class_weight)):
+            if value is not None:
+                raise DataError(f"{name}= goes with x=... (the inputs); with data= a file holds the targets")
+        if steps is not None:
+            raise DataError("steps= goes with x=...; for data= files and synthetic data the number of batches is "
+                            "batches=N")
+        if isinstance(data, (data_mod.Data, fit.FitData)):  # ready batches (the training monitor's probe)
             return data
+        batches = 1 if batches is None else batches
+        if data is not None and not isinstance(data, (str, os.PathLike)):
+            raise DataError(
+                f"data= takes the path of an .npz file or of a tf.data.Dataset.save directory, not a "
+                f"{type(data).__name__}; pass data in memory as x=... (and y=...), as to Model.fit"
+            )
+        if data is not None and Path(data).is_dir():
+            data_mod.check_counts(1 if batch_size is None else batch_size, batches)
+            return fit.load_saved_dataset(data, self.layout(), batch_size=batch_size, batches=batches)
+        batch_size = fit.DEFAULT_BATCH_SIZE if batch_size is None else batch_size
         data_mod.check_counts(batch_size, batches)
         inputs = self.input_infos()
         if not inputs and data is None:
@@ -234,41 +288,70 @@ class Session:
 
     def run(
         self,
-        data: str | Path | Data | None = None,
+        data: str | Path | Data | FitData | None = None,
         *,
-        batch_size: int = 32,
-        batches: int = 1,
+        x: Any = None,
+        y: Any = None,
+        sample_weight: Any = None,
+        class_weight: Mapping[int, float] | None = None,
+        batch_size: int | None = None,
+        steps: int | None = None,
+        batches: int | None = None,
         seed: int = 0,
-        progress: Progress | None = None,
+        progress: Progress | str | None = "auto",
     ) -> Report:
-        """Analyse how each loss's gradient flows through the model on ``data``.
+        """Analyse how each loss's gradient flows through the model on the data.
+
+        The data is what ``Model.fit`` takes (``x``, ``y``, ``sample_weight``, ``class_weight``,
+        ``batch_size``, ``steps``), a file (``data``), or, with neither, seeded synthetic data.
+        Batches are read in order (no shuffling); each loss is called with its output's sample
+        weights as Keras's training step calls it, so the gradients are those ``fit`` computes.
 
         Args:
-            data: an ``.npz`` file (keys ``x``/``y`` or ``x:<input>``/``y:<output>``),
-                ready :class:`~gradviz.data.Data` batches (``batch_size`` and ``batches``
-                are then its own), or None for seeded synthetic data.
-            batch_size: rows per batch.
-            batches: number of batches; statistics describe their mean gradient.
+            data: an ``.npz`` file (keys ``x``/``y`` or ``x:<input>``/``y:<output>``) or a
+                directory written by ``tf.data.Dataset.save``, ready :class:`~gradviz.data.Data` or
+                :class:`~gradviz.data.FitData` batches (used as they are); None: ``x``, or synthetic data.
+            x: inputs as ``Model.fit`` takes them: NumPy arrays (one, a list in input order or a
+                dict by input name), a ``tf.data.Dataset`` or ``keras.utils.PyDataset`` yielding
+                ``(x, y)`` or ``(x, y, sample_weight)``, or a Python generator yielding those.
+            y: targets, with array ``x``: one array, a list (one per output, or one per output with
+                a loss) or a dict by output name. Class ids work wherever Keras takes them
+                (``sparse_categorical_crossentropy``, and ``crossentropy`` on ids).
+            sample_weight: with array ``x``: one array (every loss), a list or a dict by output name.
+            class_weight: ``{class id: weight}`` for a model with one output carrying a loss
+                (arrays, tf.data, PyDataset; applied by Keras's data adapter, as in ``fit``).
+            batch_size: rows per batch, for arrays and files (default 32).
+            steps: with ``x``, how many batches to analyse (default: all of ``x``); needed when its
+                length is unknown (a generator, an infinite or filtered dataset).
+            batches: with a file or synthetic data, how many batches (default 1).
             seed: seed of the synthetic data and of the random layers (Dropout, noise, augmentation,
                 custom layers with a ``SeedGenerator``), whose state gradviz draws from it.
-            progress: called with ``(batches done, batches)``.
+            progress: called with ``(batches done, batches)``; ``"auto"`` shows a bar for more than
+                one batch (``tqdm.auto`` in notebooks, rich on a terminal's stderr); None: nothing.
 
         Returns:
             The :class:`~gradviz.core.report.Report`.
 
         Raises:
             GradvizError: the data does not fit the model, or a loss fails on it.
+
+        Example:
+            >>> session = gradviz.prepare(model)  # doctest: +SKIP
+            >>> report = session.run(x=features, y={"C": labels, "D": scores}, batch_size=64)  # doctest: +SKIP
         """
+        from gradviz.output.progress import progress_for
+
         timer = Timer()
         start = time.perf_counter()
         with timer.stage("data"):
-            batches_data = self.data(data, batch_size=batch_size, batches=batches, seed=seed)
+            batches_data = self.data(data, x=x, y=y, sample_weight=sample_weight, class_weight=class_weight,
+                                     batch_size=batch_size, steps=steps, batches=batches, seed=seed)
         chosen = self.choose_execution(batches_data.batches)
         self._last_execution = chosen.mode
-        with timer.stage("gradients"):
+        with timer.stage("gradients"), progress_for(progress, batches_data.batches) as callback:
             backend = self.backend_for(chosen.mode)
             try:
-                stats = backend.run(batches_data, progress=progress, seed=seed)
+                stats = backend.run(batches_data, progress=callback, seed=seed)
             except NoLossError:
                 raise LossSpecError(no_loss_message(self.loaded.source or "the model", self.outputs)) from None
         spec = self._spec_with_found_terms(backend)
@@ -292,8 +375,8 @@ class Session:
             "batches": batches_data.batches,
             "batch_mode": self.batch_mode,
             # the seed drew the synthetic data and the random layers' state: null when it drew neither
-            "seed": seed if data is None or random_layers else None,
-            "data": _data_label(data),
+            "seed": seed if batches_data.synthetic or random_layers else None,
+            **_data_meta(batches_data, data),
             "training": self.training,
             "random_layers": random_layers,
             "graph_complete": self.topology.complete,
@@ -339,11 +422,30 @@ class Session:
         return replace(self.spec, terms=tuple(terms), unlossed_outputs=unlossed)
 
 
-def _data_label(data: str | Path | Data | None) -> str:
-    """What the report's ``meta.data`` says of the data: the file, ``synthetic`` or ``in-memory``."""
-    if data is None:
-        return "synthetic"
-    return str(data) if isinstance(data, (str, Path)) else "in-memory"
+def _data_meta(batches: Data | FitData, data: str | Path | Data | FitData | None) -> dict[str, Any]:
+    """What the report's ``meta`` says of the data: what it was, and whether it was weighted.
+
+    ``data``: the file, ``synthetic``, ``in-memory`` (ready :class:`~gradviz.data.Data` batches)
+    or what fit-style data was (``arrays``, ``tf.data.Dataset``, a saved dataset's directory, ...).
+
+    ``class_weight`` is written as JSON keeps it (keys are strings there), in class order.
+    """
+    from gradviz.data import FitData
+
+    if isinstance(batches, FitData):
+        class_weight = batches.class_weight
+        return {
+            "data": batches.description,
+            "sample_weight": batches.weighted,
+            "class_weight": None if class_weight is None else {
+                str(int(k)): float(class_weight[k]) for k in sorted(class_weight)
+            },
+        }
+    return {
+        "data": "synthetic" if data is None else str(data) if isinstance(data, (str, os.PathLike)) else "in-memory",
+        "sample_weight": batches.sample_weight is not None,
+        "class_weight": None,
+    }
 
 
 def prepare(
@@ -398,7 +500,6 @@ def prepare(
     """
     _quiet_tensorflow()
     from gradviz.core.stats import BATCH_MODES
-    from gradviz.errors import DataError
     from gradviz.model import loading, topology
     from gradviz.model.losses import resolve_losses
 
@@ -522,15 +623,20 @@ def analyze(
     losses: Mapping[str | None, Any] | None = None,
     loss_weights: Mapping[str, float] | None = None,
     data: str | Path | None = None,
-    batch_size: int = 32,
-    batches: int = 1,
+    x: Any = None,
+    y: Any = None,
+    sample_weight: Any = None,
+    class_weight: Mapping[int, float] | None = None,
+    batch_size: int | None = None,
+    steps: int | None = None,
+    batches: int | None = None,
     seed: int = 0,
     training: bool = True,
     batch_mode: str = MEAN_GRADIENT,
     custom_objects: str | Path | None = None,
     unsafe: bool = False,
     thresholds: Thresholds = Thresholds(),
-    progress: Progress | None = None,
+    progress: Progress | str | None = "auto",
     execution: str = "auto",
     loss_terms: LossTerms | None = None,
 ) -> Report:
@@ -543,10 +649,19 @@ def analyze(
         loss_weights: ``{name: weight}`` overriding the compiled weights; names are
             outputs, endpoint layers (their ``add_loss``), ``regularization``, or
             ``loss_terms``' names.
-        data: an ``.npz`` file (keys ``x``/``y`` or ``x:<input>``/``y:<output>``);
-            None makes seeded synthetic data.
-        batch_size: rows per batch.
-        batches: number of batches; statistics describe their mean gradient.
+        data: an ``.npz`` file (keys ``x``/``y`` or ``x:<input>``/``y:<output>``) or a directory
+            written by ``tf.data.Dataset.save``; with neither ``data`` nor ``x``, seeded synthetic data.
+        x: inputs as ``Model.fit`` takes them: NumPy arrays (one, a list in input order or a dict
+            by input name), a ``tf.data.Dataset`` or ``keras.utils.PyDataset`` yielding ``(x, y)``
+            or ``(x, y, sample_weight)``, or a Python generator yielding those.
+        y: targets, with array ``x``: one array, a list or a dict by output name.
+        sample_weight: with array ``x``: one array (every loss), a list or a dict by output name.
+        class_weight: ``{class id: weight}`` for a model with one output carrying a loss.
+        batch_size: rows per batch, for arrays and files (default 32).
+        steps: with ``x``, how many batches (default: all of ``x``; needed for a generator or a
+            dataset of unknown length).
+        batches: with a file or synthetic data, how many batches (default 1). Statistics
+            describe the mean gradient over the batches.
         seed: seed of the synthetic data and of the random layers (Dropout, noise, augmentation,
             custom layers with a ``SeedGenerator``), whose state gradviz draws from it.
         training: call the model in training mode (dropout, batch statistics).
@@ -554,7 +669,8 @@ def analyze(
         custom_objects: a Python file defining custom layers and losses.
         unsafe: allow Lambda layers in model files (runs their code).
         thresholds: when figures become findings.
-        progress: called with ``(batches done, batches)``.
+        progress: called with ``(batches done, batches)``; ``"auto"`` shows a bar for more than
+            one batch (``tqdm.auto`` in notebooks, rich on a terminal's stderr); None: nothing.
         execution: ``auto`` (default), ``eager`` or ``compiled``: how the gradient pass runs
             (see :func:`prepare`).
         loss_terms: ``fn(model, x, y) -> {name: scalar}``, the losses a custom training step
@@ -565,10 +681,15 @@ def analyze(
 
     Raises:
         GradvizError: any problem with the model, the losses or the data.
+
+    Example:
+        >>> report = gradviz.analyze(model, x=features, y={"C": labels, "D": scores},  # doctest: +SKIP
+        ...                          sample_weight={"C": weights}, batch_size=64)
     """
     session = prepare(
         model, losses=losses, loss_weights=loss_weights, training=training, batch_mode=batch_mode,
         custom_objects=custom_objects, unsafe=unsafe, thresholds=thresholds, execution=execution,
         loss_terms=loss_terms,
     )
-    return session.run(data, batch_size=batch_size, batches=batches, seed=seed, progress=progress)
+    return session.run(data, x=x, y=y, sample_weight=sample_weight, class_weight=class_weight,
+                       batch_size=batch_size, steps=steps, batches=batches, seed=seed, progress=progress)

@@ -65,3 +65,30 @@ def test_lockstep_bounds_the_gradients_alive() -> None:
     ordered = _peak_mb("mlp_8", "gradviz", 64)
     unordered = _peak_mb("mlp_8", "gradviz-unordered", 64)
     assert ordered < unordered / 2, (ordered, unordered)
+
+
+def test_monitor_table_measures_the_probe_and_keeps_the_other_tables(tmp_path: Path) -> None:
+    """`--tables monitor --quick`: the sample's probe against the floor and an epoch, in a fresh process; the
+    other tables come from the results.json already in --out, dated."""
+    out = tmp_path / "bench"
+    out.mkdir()
+    earlier = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    (out / "results.json").write_text(json.dumps(earlier))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--tables", "monitor", "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=1800, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    (row,) = results["monitor"]
+    assert "error" not in row, row
+    assert row["model"] == "sample" and row["losses"] == 2 and row["probe_rows"] == 128
+    assert set(row["median"]) == {"monitor", "pass", "floor"} and all(v > 0 for v in row["median"].values())
+    assert row["first_call"]["monitor"] > 0 and row["first_call"]["floor"] > 0
+    assert 0 < row["probe_in_fit"] < row["epoch"]
+    assert row["tracing_count"] == 1  # one probe batch: traced once when training began, reused at every probe
+    assert results["timing"] == earlier["timing"] and "timing" in results["kept"]
+    text = (out / "RESULTS.md").read_text()
+    assert "## Training monitor: the probe's cost" in text and "| sample | 2 | 450 | 128 | 512 x 32 |" in text
+    assert "sample: monitor probe <= 1.2x the hand-written floor" in text
+    assert "## Gradient pass: gradviz vs hand-written tapes" in text  # kept from the earlier run

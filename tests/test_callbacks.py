@@ -47,21 +47,22 @@ def dataset(seed: int = 1) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 class TapeCheck(keras.callbacks.Callback):
     """After the monitor: at each epoch end, each loss's weighted trunk gradient norm by its own GradientTape."""
 
-    def __init__(self, probe: tuple[np.ndarray, dict[str, np.ndarray]]) -> None:
+    def __init__(self, probe: tuple[Any, ...]) -> None:
         super().__init__()
         self.probe = probe
         self.expected: list[dict[str, float]] = []
         self.logged: list[dict[str, float]] = []
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        x, y = self.probe
+        x, y = self.probe[:2]
+        weights = self.probe[2] if len(self.probe) == 3 else {}
         trunk = [v for v in self.model.trainable_variables if v.path.split("/")[0] in ("A", "B")]
         losses = {"C": (keras.losses.BinaryCrossentropy(), 0.5), "D": (keras.losses.MeanSquaredError(), 0.3)}
         figures = {}
         for name, (fn, weight) in losses.items():
             with tf.GradientTape() as tape:
                 out = dict(zip(["C", "D"], self.model(x, training=False)))
-                value = fn(y[name], out[name])
+                value = fn(y[name], out[name], sample_weight=weights.get(name))  # as CompileLoss calls it
             grads = tape.gradient(value, trunk)
             norm = float(np.sqrt(sum(float(tf.reduce_sum(tf.square(g))) for g in grads)))
             figures[f"gradviz/{name}/trunk_grad_norm"] = weight * norm
@@ -209,13 +210,36 @@ def test_csvlogger_after_the_monitor_sees_the_keys_and_before_it_does_not(tmp_pa
     assert not any(k.startswith("gradviz/") for k in csv.DictReader(before.open()).fieldnames or [])
 
 
-def test_sample_weights_are_refused_with_a_clear_warning() -> None:
+def test_sample_weighted_probes_log_what_tapes_with_sample_weight_compute(tmp_path: Path) -> None:
+    """(x, y, sample_weight) arrays and a tf.data probe of such batches: the tapes call each loss with its weights.
+
+    The dataset probe is the same 16 rows in two batches of 8: in inference mode the mean of the two
+    batches' gradients is the 16-row batch's gradient (each batch loss is its weighted sum over 8 rows).
+    """
     model = two_heads()
     x, y = dataset()
-    monitor = GradientFlowMonitor((x, y, np.ones(ROWS)))
-    with pytest.warns(GradientFlowWarning, match="sample weights"):
-        model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[monitor])
-    assert not monitor.enabled
+    rng = np.random.default_rng(5)
+    weights = {"C": rng.uniform(0.0, 3.0, 16).astype("float32"), "D": rng.uniform(0.0, 3.0, 16).astype("float32")}
+    probe = (x[:16], {k: v[:16] for k, v in y.items()}, weights)
+    arrays = GradientFlowMonitor(probe, training=False)
+    batched = GradientFlowMonitor(tf.data.Dataset.from_tensor_slices(probe).batch(8), training=False,
+                                  log_dir=tmp_path)  # the histograms' pass applies the weights too
+    check = TapeCheck(probe)
+    unweighted = TapeCheck(probe[:2])
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[arrays, batched, check, unweighted])
+    assert arrays.enabled and batched.enabled, (arrays.error, batched.error)
+    assert len(check.expected) == 2
+    for monitor in (arrays, batched):
+        assert [r["epoch"] for r in monitor.records] == [0, 1, 2]
+    for epoch, expected in enumerate(check.expected):
+        for key, value in expected.items():
+            # Keras's logs (the last monitor writes them), then each monitor's own history record
+            assert check.logged[epoch][key] == pytest.approx(value, rel=1e-4)
+            loss = key.split("/")[1]
+            for monitor in (arrays, batched):
+                norm = float(monitor.records[epoch + 1]["trunk"]["grad_norm"][loss])
+                assert {"C": 0.5, "D": 0.3}[loss] * norm == pytest.approx(value, rel=1e-4), (monitor.probe, key)
+            assert value != pytest.approx(unweighted.expected[epoch][key], rel=1e-3)  # the weights matter
 
 
 def test_tensorboard_scalars_and_per_loss_histograms(tmp_path: Path) -> None:

@@ -230,12 +230,7 @@ def _conv_heads(seed: int = 0) -> Any:
 
 
 def _lockstep_edges(gradient_pass: GradientPass, data: Any) -> int:
-    import tensorflow as tf
-
-    xs, ys = data.batch(0)
-    concrete = gradient_pass.step_stats.get_concrete_function(
-        [tf.convert_to_tensor(a) for a in xs], {k: tf.convert_to_tensor(v) for k, v in ys.items()},
-        [tf.convert_to_tensor(v) for v in gradient_pass.state_variables])
+    concrete = gradient_pass.step_stats.get_concrete_function(*gradient_pass.step_inputs(next(data.iter_batches())))
     barriers = {op.name for op in concrete.graph.get_operations() if op.name.startswith("lockstep")}
     return sum(1 for op in concrete.graph.get_operations() for c in op.control_inputs if c.name in barriers)
 

@@ -179,3 +179,31 @@ def test_keys_name_each_generator_by_its_layer() -> None:
     assert sorted(by_key) == ["drop", "noise", "trunk/drop"]
     assert by_key["trunk/drop"] is model.get_layer("trunk").get_layer("drop").seed_generator.state
     assert derived_seed(0, GLOBAL_KEY) not in {derived_seed(0, k) for k in by_key}
+
+
+@pytest.mark.parametrize("execution", ["compiled", "eager"])
+def test_the_global_generator_is_assigned_only_when_the_seed_changes(execution: str) -> None:
+    """The pass draws from gradviz's own global generator inside the stateless call, which never writes it:
+    runs with the same seed skip the assign and still draw the same numbers; another seed draws others."""
+
+    class Shake(layers.Layer):
+        def call(self, x: Any, training: bool = False) -> Any:
+            return x * keras.random.uniform(keras.ops.shape(x), 0.5, 1.5) if training else x  # the global generator
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((4,), name="x")
+    h = Shake(name="shake")(layers.Dense(4, name="A")(x))
+    model = keras.Model(x, [layers.Dense(1, name="C")(h), layers.Dense(1, name="D")(h)])
+    model.compile(loss=["mse", "mse"])
+    session = gradviz.prepare(model, execution=execution)
+    data = session.data(batch_size=8, seed=0)
+
+    def gram(seed: int) -> np.ndarray:
+        return np.asarray(session.run(data, seed=seed).stats.gram)
+
+    first, again, other, back = gram(5), gram(5), gram(6), gram(5)
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(first, back)
+    assert not np.allclose(first, other)
+    state = session.backend.global_seed.generator.state.numpy()
+    np.testing.assert_array_equal(state, [derived_seed(5, GLOBAL_KEY), 0])  # drawn from, never written

@@ -20,7 +20,7 @@ from gradviz.errors import BackendError
 if TYPE_CHECKING:
     from gradviz.core.spec import LossTerm
     from gradviz.core.stats import GradientStats, Progress
-    from gradviz.data import Data
+    from gradviz.data import BatchSource
     from gradviz.model.losses import ResolvedLoss
 
 #: the Keras backends gradviz computes gradients on
@@ -42,8 +42,11 @@ class GradientBackend(Protocol):
     #: regularizers (last), or the terms of a ``loss_terms`` function
     found_terms: tuple[LossTerm, ...]
 
-    def run(self, data: Data, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
+    def run(self, data: BatchSource, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
         """Per-loss gradient statistics of every trainable variable over ``data``'s batches.
+
+        Each batch carries its per-output sample weights (:class:`~gradviz.data.Batch`); each
+        loss is called with them as Keras's ``CompileLoss`` calls it.
 
         ``seed`` seeds the model's random layers (Dropout, noise, ``SeedGenerator`` states) inside
         the stateless call, never the model's own state; None runs them from the model's state.

@@ -115,9 +115,12 @@ def analysis_options(command: F) -> F:
                      help="The losses of a custom training step: FUNCTION(model, x, y) returns {name: scalar}; "
                           "each term is analysed as a loss (weight 1), replacing the compiled ones. The file is "
                           "executed."),
-        click.option("--data", type=click.Path(dir_okay=False), metavar="FILE.npz",
-                     help="Inputs and targets: keys x/y, or x:<input>/y:<output>. Default: seeded synthetic data."),
-        click.option("--batch-size", type=int, default=32, show_default=True, help="Rows per batch."),
+        click.option("--data", type=click.Path(), metavar="FILE.npz|DIR",
+                     help="Inputs and targets: an .npz file (keys x/y, or x:<input>/y:<output>) or a directory "
+                          "written by tf.data.Dataset.save (elements (x, y) or (x, y, sample_weight)). "
+                          "Default: seeded synthetic data."),
+        click.option("--batch-size", type=int, default=None,
+                     help="Rows per batch (default 32; a saved dataset of batches keeps its own unless given)."),
         click.option("--batches", type=int, default=1, show_default=True,
                      help="Batches to stream; statistics describe their mean gradient."),
         click.option("--batch-mode", type=click.Choice(["mean-gradient", "per-batch"]), default="mean-gradient",

@@ -14,11 +14,14 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from gradviz.errors import DataError  #: Size used for a dimension the model leaves unknown (e.g. sequence length).
+from gradviz.data.batches import Batch
+from gradviz.errors import DataError
+
+#: Size used for a dimension the model leaves unknown (e.g. sequence length).
 UNKNOWN_DIM = 16
 #: Synthetic integers for an input whose range gradviz cannot infer are drawn in [0, GUESSED_IDS).
 GUESSED_IDS = 10
@@ -48,7 +51,7 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class Data:
-    """Rows for ``batches`` batches of ``batch_size``.
+    """Rows for ``batches`` batches of ``batch_size``, held in memory.
 
     Attributes:
         x: one array per model input, in input order.
@@ -58,6 +61,9 @@ class Data:
         synthetic: whether gradviz made the data up.
         guessed: synthetic integer inputs whose range gradviz could not infer (drawn in
             ``[0, GUESSED_IDS)``): if the model fails on them, these need ``--data``.
+        sample_weight: per output, one weight per row (or per row and time step) that
+            its loss applies, as ``Model.fit``'s ``sample_weight``; None (or an output
+            missing) means unweighted.
     """
 
     x: tuple[np.ndarray, ...]
@@ -66,6 +72,7 @@ class Data:
     batches: int
     synthetic: bool
     guessed: tuple[str, ...] = ()
+    sample_weight: Mapping[str, np.ndarray] | None = None
 
     def batch(self, index: int) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
         """The inputs and targets of batch ``index``.
@@ -77,6 +84,21 @@ class Data:
         """
         lo, hi = index * self.batch_size, (index + 1) * self.batch_size
         return [a[lo:hi] for a in self.x], {k: v[lo:hi] for k, v in self.y.items()}
+
+    def iter_batches(self) -> Iterator[Batch]:
+        """The ``batches`` batches in order, with their sample weights.
+
+        Example:
+            >>> d = Data((np.arange(4.0).reshape(4, 1),), {"y": np.zeros((4, 1))}, 2, 2, False,
+            ...          sample_weight={"y": np.array([1.0, 2.0, 3.0, 4.0])})
+            >>> [b.sample_weight["y"].tolist() for b in d.iter_batches()]
+            [[1.0, 2.0], [3.0, 4.0]]
+        """
+        for index in range(self.batches):
+            x, y = self.batch(index)
+            lo, hi = index * self.batch_size, (index + 1) * self.batch_size
+            weights = {k: v[lo:hi] for k, v in (self.sample_weight or {}).items()}
+            yield Batch(tuple(x), y, weights)
 
 
 def check_counts(batch_size: int, batches: int) -> None:

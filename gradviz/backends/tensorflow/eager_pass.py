@@ -29,12 +29,13 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from gradviz.backends.tensorflow.distribution import single_device
 from gradviz.backends.tensorflow.forward import loss_values
-from gradviz.backends.tensorflow.loss_scale import run_scaled
+from gradviz.backends.tensorflow.loss_scale import replayable, run_scaled
 from gradviz.backends.tensorflow.reduce import GRAM_CHUNK, gram_stats
 from gradviz.core.spec import LossTerm
 from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble
-from gradviz.data import Data
+from gradviz.data import BatchSource
 from gradviz.model.randomness import GlobalSeedGenerator, find_random_state, seeded_state
 from gradviz.errors import DataError
 
@@ -108,9 +109,13 @@ class EagerPass:
         return 0
 
     def gradients(
-        self, x: list[Any], ys: dict[str, Any], state: list[Any], scale: float = 1.0
+        self, x: list[Any], ys: dict[str, Any], state: list[Any], sample_weights: dict[str, Any] | None = None,
+        scale: float = 1.0,
     ) -> tuple[Any, list[list[Any]], Any, bool]:
         """One forward pass and one backward pass per loss (of the loss times ``scale``), eagerly.
+
+        Each loss is called with its output's ``sample_weights`` as Keras's ``CompileLoss`` calls it
+        (:func:`~gradviz.backends.tensorflow.forward.loss_values`, as in the compiled pass).
 
         Returns:
             ``(values (K,), dense, new_state, has_regularization)`` with ``dense[k][v]`` loss k's
@@ -122,7 +127,7 @@ class EagerPass:
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(weights)
             forward = loss_values(
-                self.model, weights, state, x, ys, self.losses, self.output_names, self.training,
+                self.model, weights, state, x, ys, self.losses, self.output_names, self.training, sample_weights,
                 source_names=self.source_names, loss_terms=self.loss_terms,
             )
             # Mixed precision: differentiate the scaled losses, as the compiled pass does
@@ -136,7 +141,8 @@ class EagerPass:
         del tape  # the forward activations: gone before the reduction needs room
         return tf.stack(forward.values), dense, forward.new_state, forward.regularization
 
-    def run(self, data: Data, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
+    @single_device  # under a tf.distribute scope: the whole data on one device, losses unscaled
+    def run(self, data: BatchSource, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
         """Statistics of every trainable variable's per-loss gradients over ``data``'s batches.
 
         ``seed`` seeds the random layers' state as the compiled pass does (same masks in both modes).
@@ -145,8 +151,10 @@ class EagerPass:
             LossSpecError: a loss fails on the model's outputs.
             DataError: the data does not fit the model.
         """
+        source = replayable(data, self.loss_scale)  # a lower scale reruns the same batches
+
         def run_at(scale: float, progress: Progress | None) -> tuple[Any, ...]:
-            return self._run_batches(data, progress, seed, scale)
+            return self._run_batches(source, progress, seed, scale)
 
         (loss_sum, stat_sums, divide, exists, regularization), scale = run_scaled(
             run_at, self.loss_scale, lambda r: all(s is None or bool(s[2].all()) for s in r[1]),
@@ -159,13 +167,13 @@ class EagerPass:
                         regularization, scale)
 
     def _run_batches(
-        self, data: Data, progress: Progress | None, seed: int | None, scale: float
+        self, data: BatchSource, progress: Progress | None, seed: int | None, scale: float
     ) -> tuple[np.ndarray, list[Any], float, list[list[bool]], bool]:
         """Every batch, the random state from ``seed`` and the losses scaled by ``scale``: summed loss
         values, (scaled) statistics per variable, their divisor, which gradients exist, regularization."""
         import tensorflow as tf
 
-        from gradviz.backends.tensorflow.gradient_pass import _explain, _inputs_text
+        from gradviz.backends.tensorflow.gradient_pass import _closing, _explain, _inputs_text
 
         if seed is None:
             state = [tf.convert_to_tensor(v) for v in self.state_variables]
@@ -178,30 +186,36 @@ class EagerPass:
         regularization = False
         loss_sum: np.ndarray | None = None
         stat_sums: list[Any] | None = None
-        for b in range(data.batches):
-            xs, ys = data.batch(b)
-            x = [tf.convert_to_tensor(a) for a in xs]
-            y = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
-            try:
-                with self.global_seed.active():
-                    values, dense, state, regularization = self.gradients(x, y, state, scale)
-            except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
-                raise _explain(e, _inputs_text(self.model, xs), data.guessed) from e
-            exists = [[g is not None for g in per_loss] for per_loss in dense]
-            if accumulate:
-                # The float32 sum per loss and variable, as the compiled pass keeps it.
-                if sums is None:
-                    sums = [[None if g is None else tf.cast(g, tf.float32) for g in per_loss] for per_loss in dense]
+        done = 0
+        with _closing(data.iter_batches()) as stream:  # a reader stops (workers too) even when a batch fails
+            for b, batch in enumerate(stream):
+                x = [tf.convert_to_tensor(a) for a in batch.x]
+                y = {k: tf.convert_to_tensor(v) for k, v in batch.y.items()}
+                weights = {k: tf.convert_to_tensor(v) for k, v in batch.sample_weight.items()}
+                try:
+                    with self.global_seed.active():
+                        values, dense, state, regularization = self.gradients(x, y, state, weights, scale)
+                except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
+                    raise _explain(e, _inputs_text(self.model, batch.x), data.guessed) from e
+                exists = [[g is not None for g in per_loss] for per_loss in dense]
+                if accumulate:
+                    # The float32 sum per loss and variable, as the compiled pass keeps it.
+                    if sums is None:
+                        sums = [[None if g is None else tf.cast(g, tf.float32) for g in per_loss]
+                                for per_loss in dense]
+                    else:
+                        sums = [[None if s is None else s + tf.cast(g, tf.float32) for s, g in zip(srow, grow)]
+                                for srow, grow in zip(sums, dense)]
                 else:
-                    sums = [[None if s is None else s + tf.cast(g, tf.float32) for s, g in zip(srow, grow)]
-                            for srow, grow in zip(sums, dense)]
-            else:
-                stats = reduce_eagerly(dense)
-                stat_sums = stats if stat_sums is None else [_add(a, s) for a, s in zip(stat_sums, stats)]
-            del dense
-            loss_sum = values.numpy().astype(np.float64) if loss_sum is None else loss_sum + values.numpy()
-            if progress is not None:
-                progress(b + 1, data.batches)
+                    stats = reduce_eagerly(dense)
+                    stat_sums = stats if stat_sums is None else [_add(a, s) for a, s in zip(stat_sums, stats)]
+                del dense
+                loss_sum = values.numpy().astype(np.float64) if loss_sum is None else loss_sum + values.numpy()
+                done = b + 1
+                if progress is not None:
+                    progress(done, data.batches)
+        if done != data.batches:  # a source that yields fewer batches than it promised
+            raise DataError(f"the data yielded {done} batch(es); {data.batches} were expected")
         if accumulate:
             assert sums is not None
             n = data.batches

@@ -18,6 +18,13 @@ losses; they replace the other three.
 
 The arithmetic uses ``keras.ops`` where it is not TensorFlow's business, so that
 another backend's forward can follow this one line by line.
+
+Each compiled loss is called as Keras's ``CompileLoss`` calls it: ``loss(y, y_pred, sample_weight)``
+with its output's sample weights (None when the output has none), so the weighting and the
+loss's reduction (``sum_over_batch_size``: the weighted sum over the batch's size) are Keras's
+own. The loss calls use ``keras.ops``, and :func:`batch_ranks` / :func:`_loss_fn` read only
+NumPy shapes, so they do not depend on the array library. (A ``loss_terms`` function is
+called with ``(model, x, y)`` only: the custom step weights its own terms.)
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from gradviz.core.spec import ADD_LOSS, REGULARIZATION_LOSS, LossTerm, regulariz
 from gradviz.errors import LossSpecError, NoLossError
 
 if TYPE_CHECKING:
+    from gradviz.data import Batch
     from gradviz.model.losses import ResolvedLoss
 
 
@@ -67,6 +75,8 @@ def loss_values(
     losses: Sequence[ResolvedLoss],
     output_names: Sequence[str],
     training: bool,
+    sample_weights: Mapping[str, Any] | None = None,
+    ranks: tuple[Any, ...] | None = None,
     *,
     source_names: Mapping[int, str] | None = None,
     loss_terms: Callable[..., Any] | None = None,
@@ -84,6 +94,11 @@ def loss_values(
         losses: the resolved output losses.
         output_names: the model's outputs, in order.
         training: the ``training`` argument of the call.
+        sample_weights: per output, the weights its losses apply (``loss(y, y_pred, sample_weight)``,
+            as ``CompileLoss`` calls them); an output missing here is unweighted.
+        ranks: :func:`batch_ranks` of the batch, which records the variant of a ``crossentropy``
+            loss its targets take (a compiled step gets it as a static argument); None: read the
+            targets' shapes here.
         source_names: ``id(layer)`` -> the graph node naming the losses that layer adds;
             a layer not in it names them by its own name.
         loss_terms: ``fn(model, x, y) -> {name: scalar}`` replacing the model's own losses.
@@ -105,10 +120,15 @@ def loss_values(
             model, weights, state, to_model_inputs(model, x), training=training
         )
         named = model_outputs(output_names, y_pred)
+        weights_of = sample_weights or {}
         values = [
-            keras.ops.cast(loss.for_targets(tuple(ys[loss.output].shape))(ys[loss.output], named[loss.output]),
-                           "float32")
-            for loss in losses
+            keras.ops.cast(
+                _loss_fn(loss, ys[loss.output], None if ranks is None else ranks[1][i])(
+                    ys[loss.output], named[loss.output], weights_of.get(loss.output)
+                ),
+                "float32",
+            )
+            for i, loss in enumerate(losses)
         ]
         taken = [loss.name for loss in losses]
         found, added, regularization = _model_terms(collected, taken, output_names, source_names or {})
@@ -204,3 +224,28 @@ def _rank(tensor: Any) -> int | None:
         return len(tensor.shape)
     except (TypeError, ValueError):
         return None
+
+
+def batch_ranks(losses: Sequence[ResolvedLoss], batch: Batch) -> tuple[Any, ...]:
+    """The ranks of a batch's arrays and the loss variant its targets take, as Python values.
+
+    The compiled steps take them as a static argument, so batches that differ in any of them
+    get traces of their own: ``reduce_retracing`` would otherwise relax, say, class ids of shape
+    ``(b,)`` and ``(b, 1)`` to a shape of unknown rank (which Keras's losses cannot read), or
+    ids ``(b, 1)`` and one-hot ``(b, 3)`` to ``(b, None)``, hiding which variant
+    ``crossentropy`` takes (:meth:`~gradviz.model.losses.ResolvedLoss.for_targets`).
+    """
+    per_loss = []
+    for loss in losses:
+        y = batch.y[loss.output]
+        weight = batch.sample_weight.get(loss.output)
+        sparse = loss.sparse_fn is not None and loss.for_targets(tuple(y.shape)) is loss.sparse_fn
+        per_loss.append((y.ndim, -1 if weight is None else weight.ndim, sparse))
+    return tuple(a.ndim for a in batch.x), tuple(per_loss)
+
+
+def _loss_fn(loss: ResolvedLoss, y: Any, ranks: tuple[int, int, bool] | None) -> Any:
+    """The Keras loss to call on targets ``y``: the variant ``ranks`` recorded, else as their shape says."""
+    if ranks is None:
+        return loss.for_targets(tuple(y.shape))
+    return loss.sparse_fn if ranks[2] else loss.fn

@@ -27,18 +27,21 @@ None) is kept apart from one that is zero.
 
 from __future__ import annotations
 
+import itertools
 import re
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from gradviz.backends.tensorflow.forward import loss_values
+from gradviz.backends.tensorflow.distribution import single_device
+from gradviz.backends.tensorflow.forward import batch_ranks, loss_values
 from gradviz.backends.tensorflow.lockstep import LOCKSTEP_CYCLE, Lockstep, layer_key
 from gradviz.backends.tensorflow.reduce import reduce_all
-from gradviz.backends.tensorflow.loss_scale import run_scaled
+from gradviz.backends.tensorflow.loss_scale import replayable, run_scaled
 from gradviz.core.spec import LossTerm
 from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble, unpack
-from gradviz.data import GUESSED_IDS, Data
+from gradviz.data import GUESSED_IDS, Batch, BatchSource
 from gradviz.errors import DataError, LossSpecError
 from gradviz.model.topology import input_names
 from gradviz.model.randomness import GlobalSeedGenerator, find_random_state, seeded_state
@@ -144,12 +147,18 @@ class GradientPass:
     # -- the traced pieces -----------------------------------------------------
 
     def _forward_backward(
-        self, x: list[Any], ys: dict[str, Any], state: list[Any], ordered: bool
+        self, x: list[Any], ys: dict[str, Any], state: list[Any], ordered: bool,
+        sample_weights: dict[str, Any] | None = None, ranks: Any = None,
     ) -> tuple[Any, list[list[Any]], Any, Lockstep | None]:
         """One forward pass and one backward pass per loss, traced.
 
-        With ``ordered``, each loss's backward ops are kept apart so that
-        :class:`~gradviz.backends.tensorflow.lockstep.Lockstep` can order them.
+        Each loss is called as Keras's ``CompileLoss`` calls it: ``loss(y, y_pred, sample_weight)``
+        with its output's sample weights (None when the output has none), so the weights and the
+        loss's reduction (``sum_over_batch_size``: the weighted sum over the batch's size) are
+        Keras's own (:func:`~gradviz.backends.tensorflow.forward.loss_values`). With ``ordered``, each
+        loss's backward ops are kept apart so that :class:`~gradviz.backends.tensorflow.lockstep.Lockstep`
+        can order them. ``ranks`` (see :func:`~gradviz.backends.tensorflow.forward.batch_ranks`) says
+        which variant of a ``crossentropy`` loss the targets take.
         """
         import tensorflow as tf
 
@@ -158,7 +167,7 @@ class GradientPass:
             tape.watch(weights)
             forward_pass = loss_values(
                 self.model, weights, state, x, ys, self.losses, self.output_names, self.training,
-                source_names=self.source_names, loss_terms=self.loss_terms,
+                sample_weights, ranks, source_names=self.source_names, loss_terms=self.loss_terms,
             )
             values, new_state = forward_pass.values, forward_pass.new_state
             # Mixed precision: differentiate the scaled losses, as Keras's training step does
@@ -182,8 +191,9 @@ class GradientPass:
         return tf.stack(values), dense, new_state, backward
 
     def _compiled_step_stats(self, lockstep: bool) -> Any:
-        def step_stats(x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any, Any]:
-            values, dense, new_state, backward = self._forward_backward(x, ys, state, lockstep)
+        def step_stats(x: list[Any], ys: dict[str, Any], state: list[Any], sws: dict[str, Any],
+                       ranks: Any) -> tuple[Any, Any, Any]:
+            values, dense, new_state, backward = self._forward_backward(x, ys, state, lockstep, sws, ranks)
             packed, done = reduce_all(dense, len(self.variables))
             if backward is not None:
                 try:
@@ -195,11 +205,13 @@ class GradientPass:
 
         return _compiled(step_stats, reduce_retracing=True)
 
-    def _step_accumulate(self, x: list[Any], ys: dict[str, Any], state: list[Any]) -> tuple[Any, Any]:
+    def _step_accumulate(
+        self, x: list[Any], ys: dict[str, Any], state: list[Any], sws: dict[str, Any], ranks: Any
+    ) -> tuple[Any, Any]:
         import tensorflow as tf
 
         # No lockstep here: each gradient goes into its own sum as soon as it exists.
-        values, dense, new_state, _ = self._forward_backward(x, ys, state, False)
+        values, dense, new_state, _ = self._forward_backward(x, ys, state, False, sws, ranks)
         # The sums exist before the first call (see run()): a tf.function that creates
         # variables traces twice, and the trace of a big model costs more than its pass.
         # Only a loss nobody could foresee (add_loss inside call) still creates its row here.
@@ -240,6 +252,24 @@ class GradientPass:
         except Exception:  # a model that cannot tell before a call: the trace creates that row
             return False
 
+    def step_inputs(self, batch: Batch, state: list[Any] | None = None) -> tuple[Any, ...]:
+        """The arguments of the compiled steps for one batch (``step_stats(*step_inputs(batch))``).
+
+        Inputs, targets, the model's state (its current non-trainable variables unless given),
+        sample weights and :func:`batch_ranks`.
+        """
+        import tensorflow as tf
+
+        if state is None:
+            state = [tf.convert_to_tensor(v) for v in self.state_variables]
+        return (
+            [tf.convert_to_tensor(a) for a in batch.x],
+            {k: tf.convert_to_tensor(v) for k, v in batch.y.items()},
+            state,
+            {k: tf.convert_to_tensor(v) for k, v in batch.sample_weight.items()},
+            batch_ranks(self.losses, batch),
+        )
+
     def tracing_count(self) -> int:
         """How many times the compiled functions have been traced, all together."""
         return self._retired_traces + sum(
@@ -256,7 +286,7 @@ class GradientPass:
         import tensorflow as tf
 
         flat = tf.nest.flatten(args)
-        key = (id(fn),) + tuple((tuple(t.shape), t.dtype) for t in flat)
+        key = (id(fn),) + tuple((tuple(t.shape), t.dtype) if hasattr(t, "shape") else t for t in flat)
         concrete = self._concrete.get(key)
         with self.global_seed.active():
             if concrete is None:
@@ -265,12 +295,13 @@ class GradientPass:
                 return result
             return concrete(*args)
 
-    def _run_step_stats(self, x: list[Any], y: dict[str, Any], state: list[Any]) -> Any:
+    def _run_step_stats(self, x: list[Any], y: dict[str, Any], state: list[Any], sw: dict[str, Any],
+                        ranks: Any) -> Any:
         """One batch through ``step_stats``; without lockstep if the runtime finds its edges in a cycle."""
         import tensorflow as tf
 
         try:
-            return self._call(self.step_stats, x, y, state)
+            return self._call(self.step_stats, x, y, state, sw, ranks)
         except tf.errors.InvalidArgumentError as e:
             if not self.lockstep or LOCKSTEP_CYCLE not in str(e):
                 raise
@@ -279,9 +310,10 @@ class GradientPass:
         self.lockstep_fallback = "the runtime found the ordering edges in a cycle (a graph rewrite merged layers)"
         self._retired_traces += int(self.step_stats.experimental_get_tracing_count())
         self.step_stats = self._compiled_step_stats(False)
-        return self._call(self.step_stats, x, y, state)
+        return self._call(self.step_stats, x, y, state, sw, ranks)
 
-    def run(self, data: Data, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
+    @single_device  # under a tf.distribute scope: the whole data on one device, losses unscaled
+    def run(self, data: BatchSource, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
         """Stream ``data`` through the compiled pass and reduce it to statistics.
 
         With a loss scale (mixed precision), the scale is lowered as Keras's
@@ -290,7 +322,7 @@ class GradientPass:
         Gradients that are not finite even unscaled are reported as they are.
 
         Args:
-            data: the batches.
+            data: the batches (with their sample weights, if any).
             progress: called with ``(batches done, batches)``.
             seed: the random layers' (Dropout, noise, ...) seed-generator states start from values
                 derived from it (:func:`gradviz.model.randomness.seeded_state`), so one seed gives one
@@ -300,10 +332,12 @@ class GradientPass:
             LossSpecError: a loss fails on the model's outputs.
             DataError: the data does not fit the model.
         """
+        source = replayable(data, self.loss_scale)  # a lower scale reruns the same batches
+
         def run_at(scale: float, progress: Progress | None) -> tuple[Any, Any, float]:
             if self._scale is not None:
                 self._scale.assign(scale)  # read by the trace: no new one
-            return self._run_batches(data, progress, seed)
+            return self._run_batches(source, progress, seed)
 
         try:
             (loss_sum, stat_sums, divide), scale = run_scaled(
@@ -322,7 +356,7 @@ class GradientPass:
         )
 
     def _run_batches(
-        self, data: Data, progress: Progress | None, seed: int | None
+        self, data: BatchSource, progress: Progress | None, seed: int | None
     ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray], float]:
         """Every batch through the compiled pass, the random state from ``seed``: summed loss values,
         (scaled) statistics, their divisor."""
@@ -348,30 +382,33 @@ class GradientPass:
         self._dirty = self._dirty or accumulate  # sums stay until zeroed
         loss_sum: np.ndarray | None = None
         stat_sums: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        for b in range(data.batches):
-            xs, ys = data.batch(b)
-            x = [tf.convert_to_tensor(a) for a in xs]
-            y = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
-            try:
-                if accumulate:
-                    values, state = self._call(self.step_accumulate, x, y, state)
-                else:
-                    values, packed, state = self._run_step_stats(x, y, state)
-                    gram, max_abs, finite = (t.numpy() for t in packed)
-                    if stat_sums is None:
-                        stat_sums = (gram, max_abs, finite)
+        done = 0
+        with _closing(data.iter_batches()) as stream:  # a reader stops (workers too) even when a batch fails
+            for b, batch in enumerate(stream):
+                x, y, _, sw, ranks = self.step_inputs(batch, state)
+                try:
+                    if accumulate:
+                        values, state = self._call(self.step_accumulate, x, y, state, sw, ranks)
                     else:
-                        stat_sums = (stat_sums[0] + gram, np.maximum(stat_sums[1], max_abs), stat_sums[2] & finite)
-            except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
-                raise _explain(e, _inputs_text(self.model, xs), data.guessed) from e
-            if first_trace:  # the graph now says which gradients exist: free the other sums
-                first_trace = False
-                del self.accumulators[len(self._exists):]
-                for row, present in zip(self.accumulators, self._exists):
-                    row[:] = [acc if here else None for acc, here in zip(row, present)]
-            loss_sum = values.numpy().astype(np.float64) if loss_sum is None else loss_sum + values.numpy()
-            if progress is not None:
-                progress(b + 1, data.batches)
+                        values, packed, state = self._run_step_stats(x, y, state, sw, ranks)
+                        gram, max_abs, finite = (t.numpy() for t in packed)
+                        if stat_sums is None:
+                            stat_sums = (gram, max_abs, finite)
+                        else:
+                            stat_sums = (stat_sums[0] + gram, np.maximum(stat_sums[1], max_abs), stat_sums[2] & finite)
+                except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
+                    raise _explain(e, _inputs_text(self.model, batch.x), data.guessed) from e
+                if first_trace:  # the graph now says which gradients exist: free the other sums
+                    first_trace = False
+                    del self.accumulators[len(self._exists):]
+                    for row, present in zip(self.accumulators, self._exists):
+                        row[:] = [acc if here else None for acc, here in zip(row, present)]
+                loss_sum = values.numpy().astype(np.float64) if loss_sum is None else loss_sum + values.numpy()
+                done = b + 1
+                if progress is not None:
+                    progress(done, data.batches)
+        if done != data.batches:  # a source that yields fewer batches than it promised
+            raise DataError(f"the data yielded {done} batch(es); {data.batches} were expected")
         if accumulate:
             packed = self._call(self.reduce_accumulated)
             gram, max_abs, finite = (t.numpy() for t in packed)
@@ -384,19 +421,37 @@ class GradientPass:
         return loss_sum, stat_sums, divide
 
 
+@contextmanager
+def _closing(batches: Iterator[Any]) -> Iterator[Iterator[Any]]:
+    """``batches``, closed afterwards if it is a generator (its ``finally`` runs now, not at garbage collection)."""
+    try:
+        yield batches
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
 def _compiled(fn: Any, reduce_retracing: bool = False) -> Any:
     """``fn`` as a ``tf.function`` of its own.
 
     A new function object per pass: TensorFlow counts retracing per Python function (a bound
     method counts as its class's function), and warns when one function traces often; each
-    pass tracing once must not add up to that warning.
+    pass tracing once must not add up to that warning. TensorFlow tells functions apart by
+    their code object, which compares by value, so each one gets a code object of its own
+    name: many passes in one process (a notebook) or a last partial batch's second trace
+    stay below the warning.
     """
     import tensorflow as tf
 
     def call(*args: Any) -> Any:
         return fn(*args)
 
+    call.__code__ = call.__code__.replace(co_name=f"gradviz_{getattr(fn, '__name__', 'step')}_{next(_PASS_IDS)}")
     return tf.function(call, reduce_retracing=reduce_retracing, autograph=False)
+
+
+_PASS_IDS = itertools.count()
 
 
 def _explain(error: Exception, inputs: str = "", guessed: Sequence[str] = ()) -> Exception:

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gradviz.backends.tensorflow.distribution import single_device
+
 if TYPE_CHECKING:
     from gradviz.backends.tensorflow.gradient_pass import GradientPass
-    from gradviz.data import Data
+    from gradviz.data import BatchSource
 
 
 class GradientValues:
@@ -29,8 +31,9 @@ class GradientValues:
 
         self.gradient_pass = gradient_pass
 
-        def values(x: list[Any], ys: dict[str, Any], state: list[Any]) -> list[list[Any]]:
-            _, dense, _, _ = gradient_pass._forward_backward(x, ys, state, False)
+        def values(x: list[Any], ys: dict[str, Any], state: list[Any], sws: dict[str, Any],
+                   ranks: Any) -> list[list[Any]]:
+            _, dense, _, _ = gradient_pass._forward_backward(x, ys, state, False, sws, ranks)
             scale = gradient_pass._scale  # mixed precision: the pass differentiates the scaled losses
 
             def flat(g: Any) -> Any:
@@ -45,11 +48,12 @@ class GradientValues:
         """How many times the pass has been traced."""
         return int(self._values.experimental_get_tracing_count())
 
-    def run(self, data: Data, loss_names: list[str], layer_of: list[str]) -> dict[tuple[str, str], np.ndarray]:
+    @single_device  # under a tf.distribute scope: the whole data on one device, losses unscaled
+    def run(self, data: BatchSource, loss_names: list[str], layer_of: list[str]) -> dict[tuple[str, str], np.ndarray]:
         """``{(loss, layer): values}``: each loss's gradient averaged over the batches, per layer.
 
         Args:
-            data: the probe's batches.
+            data: the probe's batches (each loss applies their sample weights, as in the statistics).
             loss_names: the losses in the pass's order (``GradientStats.loss_names``).
             layer_of: the layer of each trainable variable, in the pass's order.
         """
@@ -57,10 +61,8 @@ class GradientValues:
 
         state = [tf.convert_to_tensor(v) for v in self.gradient_pass.state_variables]
         sums: list[list[np.ndarray]] | None = None
-        for b in range(data.batches):
-            xs, ys = data.batch(b)
-            out = self._values([tf.convert_to_tensor(a) for a in xs], {k: tf.convert_to_tensor(v) for k, v in ys.items()},
-                               state)
+        for batch in data.iter_batches():
+            out = self._values(*self.gradient_pass.step_inputs(batch, state))
             arrays = [[g.numpy() for g in per_loss] for per_loss in out]
             sums = arrays if sums is None else [[s + a for s, a in zip(rs, ra)] for rs, ra in zip(sums, arrays)]
         assert sums is not None

@@ -11,9 +11,12 @@ even unscaled are reported as they are (the trouble is not the scale).
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from gradviz.core.stats import Progress
+
+if TYPE_CHECKING:
+    from gradviz.data import Batch, BatchSource
 
 R = TypeVar("R")
 
@@ -60,3 +63,47 @@ def run_scaled(
         scale /= 2.0
         result = run_at(scale, None) if scale > 1.0 else unscaled
     return result, scale
+
+
+class _Replay:
+    """A batch source read once and replayed from memory: a generator's batches cannot be read twice."""
+
+    def __init__(self, source: BatchSource) -> None:
+        self._source = source
+        self._read: list[Batch] | None = None
+
+    def __getattr__(self, name: str) -> Any:  # batches, batch_size, synthetic, guessed, ...
+        return getattr(self._source, name)
+
+    def iter_batches(self) -> Iterator[Batch]:
+        """The source's batches: read (and kept) the first time, from memory after."""
+        if self._read is not None:
+            yield from self._read
+            return
+        read = []
+        for batch in self._source.iter_batches():
+            read.append(batch)
+            yield batch
+        self._read = read
+
+
+def replayable(data: BatchSource, loss_scale: float | None) -> BatchSource:
+    """``data`` as a run at ``loss_scale`` reads it: kept for a rerun at a lower scale when there is a scale.
+
+    Example:
+        >>> import numpy as np
+        >>> from gradviz.data import Batch
+        >>> class Once:
+        ...     batches, batch_size, synthetic, guessed = 1, None, False, ()
+        ...     def __init__(self): self.reads = 0
+        ...     def iter_batches(self):
+        ...         self.reads += 1
+        ...         yield Batch((np.zeros((2, 1)),), {})
+        >>> once = Once()
+        >>> source = replayable(once, 32768.0)
+        >>> [b.rows for b in source.iter_batches()], [b.rows for b in source.iter_batches()], once.reads
+        ([2], [2], 1)
+        >>> replayable(once, None) is once
+        True
+    """
+    return data if loss_scale is None else _Replay(data)  # type: ignore[return-value]
