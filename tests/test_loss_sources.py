@@ -280,3 +280,24 @@ def test_both_executions_give_the_same_numbers_over_several_batches(tmp_path: Pa
     np.testing.assert_array_equal(eager.exists, compiled.exists)
     np.testing.assert_allclose(eager.gram, compiled.gram, rtol=1e-5, atol=1e-12)
     np.testing.assert_allclose(eager.loss_values, compiled.loss_values, rtol=1e-6)
+
+
+@pytest.mark.parametrize("execution", ["eager", "compiled"])
+def test_sample_weights_with_an_endpoint_and_regularizers_are_what_keras_trains(execution: str) -> None:
+    """Fit-style data: sample weights reach the compiled losses (as CompileLoss applies them), not the
+    endpoint's add_loss or the regularizers, exactly as in Keras's training step."""
+    model = _mixed()
+    x, y = _data(seed=5)
+    rng = np.random.default_rng(6)
+    weights = [rng.uniform(0.0, 2.0, 8).astype("float32"), rng.uniform(0.0, 2.0, 8).astype("float32")]
+    report = gradviz.analyze(model, x=[x["x"], x["t"]], y=[y["C"], y["D"]], sample_weight=weights, batch_size=8,
+                             execution=execution, progress=None)
+    assert report.meta["sample_weight"] is True and report.meta["execution"] == execution
+    assert [l.name for l in report.losses] == ["C", "D", "aux", "regularization"]
+    before = {v.path: np.array(v.numpy(), dtype=np.float64) for v in model.trainable_variables}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logs = model.train_on_batch([x["x"], x["t"]], [y["C"], y["D"]], sample_weight=weights, return_dict=True)
+    applied = {p: before[p] - np.array(v.numpy(), np.float64) for p, v in zip(before, model.trainable_variables)}
+    assert sum(l.weight * l.value for l in report.losses) == pytest.approx(float(logs["loss"]), rel=1e-5)
+    _assert_combined_is_keras_step(report, model, applied)

@@ -106,4 +106,4 @@ def replayable(data: BatchSource, loss_scale: float | None) -> BatchSource:
         >>> replayable(once, None) is once
         True
     """
-    return data if loss_scale is None else _Replay(data)  # type: ignore[return-value]
+    return data if loss_scale is None else _Replay(data)
