@@ -102,3 +102,19 @@ def test_an_overflowing_scale_is_halved_as_keras_halves_it(tmp_path: Any, execut
     for var, g in zip(report.variables, seen):
         if g is not None and np.any(g):
             assert var.grad_norm["a"] == pytest.approx(float(np.linalg.norm(g)), rel=1e-3), var.path
+
+
+def test_a_lower_scale_reruns_the_same_batches_of_a_generator(tmp_path: Any) -> None:
+    """A generator is read once: the back-off's reruns take its batches from memory, so the figures are
+    those of the same data given as a file."""
+    x, y, path = _data(tmp_path, 300.0)  # overflows at 32768: the scale is lowered, the batches reread
+    from_file = gradviz.analyze(_model(loss_factor=1.0)[0], data=path, batch_size=4, batches=4, progress=None)
+
+    def batches() -> Any:  # Keras's adapter keeps the first batch it peeks at: the others are read once
+        for start in range(0, 16, 4):
+            yield x[start:start + 4], (y[start:start + 4], y[start:start + 4])
+
+    from_generator = gradviz.analyze(_model(loss_factor=1.0)[0], x=batches(), steps=4, progress=None)
+    assert from_generator.meta["loss_scale"] == from_file.meta["loss_scale"] < 2.0**15
+    assert from_generator.stats is not None and from_file.stats is not None
+    np.testing.assert_array_equal(from_generator.stats.gram, from_file.stats.gram)
