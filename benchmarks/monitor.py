@@ -111,7 +111,7 @@ def child_monitor(name: str, repeats: int, epochs: int) -> dict[str, Any]:
 
     session = monitor.session
     data = monitor._data  # the probe batches the monitor made (the same arrays for every method)
-    xs, ys = data.batch(0)
+    ys = next(iter(data.iter_batches())).y
     floor = peers.build_peers(
         model, session.outputs, [loss.output for loss in session.losses],
         [loss.for_targets(tuple(ys[loss.output].shape)) for loss in session.losses], training=monitor.training,

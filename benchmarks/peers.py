@@ -100,7 +100,7 @@ class _Steps:
 
 
 def run_peer(peer: Peer, data: Any) -> Any:
-    """Run a peer over every batch of a ``gradviz.data.Data`` and fetch the result, as gradviz does.
+    """Run a peer over every batch of a ``gradviz.data.Data`` (or any ``BatchSource``) and fetch the result, as gradviz does.
 
     Batches are sliced from the NumPy arrays and converted per call, as gradviz's pass does too.
     """
@@ -108,10 +108,9 @@ def run_peer(peer: Peer, data: Any) -> Any:
     import tensorflow as tf
 
     total = None
-    for b in range(data.batches):
-        xs, ys = data.batch(b)
-        x = [tf.convert_to_tensor(a) for a in xs]
-        y = {k: tf.convert_to_tensor(v) for k, v in ys.items()}
+    for batch in data.iter_batches():
+        x = [tf.convert_to_tensor(a) for a in batch.x]
+        y = {k: tf.convert_to_tensor(v) for k, v in batch.y.items()}
         out = peer(x, y).numpy()
         total = out if total is None else total + out
     return np.asarray(total)
