@@ -34,6 +34,10 @@ class LossSpecError(GradvizError):
     """The losses or loss weights to analyse are missing or invalid."""
 
 
+class NoLossError(LossSpecError):
+    """The model has no loss at all: none compiled or given, none added with ``add_loss``, no regularizer."""
+
+
 class DataError(GradvizError):
     """The data file or the synthetic data cannot feed the model."""
 

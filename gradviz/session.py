@@ -19,14 +19,24 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from gradviz.core.analysis import analyze_stats
 from gradviz.core.findings import Thresholds
 from gradviz.core.report import Report
-from gradviz.core.spec import LossSpec, LossTerm, build_spec, regularization_name
+from gradviz.core.spec import (
+    REGULARIZATION,
+    REGULARIZATION_LOSS,
+    LossSpec,
+    build_spec,
+    keras_refusal,
+    no_loss_message,
+)
 from gradviz.core.stats import MEAN_GRADIENT, Progress
-from gradviz.errors import DataError, LossSpecError, ModelLoadError
+from gradviz.errors import DataError, LossSpecError, ModelLoadError, NoLossError
+
+#: ``fn(model, x, y) -> {name: scalar loss}``: the terms a custom training step sums
+LossTerms = Callable[[Any, Any, Any], Mapping[str, Any]]
 
 if TYPE_CHECKING:
     import keras
@@ -71,8 +81,11 @@ class Session:
         model: the Keras model.
         topology: its graph (:class:`~gradviz.core.graph.Topology`).
         outputs: the model's output names, in order.
-        spec: the loss spec: one term per loss, with its weight.
+        spec: the loss spec: one term per compiled loss, with its weight (the losses the
+            model adds itself, and ``loss_terms``' terms, join it in each report: they are
+            known once the model has run).
         losses: the output losses, resolved once (:class:`~gradviz.model.losses.ResolvedLoss`).
+        loss_terms: the custom training step's terms function, or None.
         training: whether the model is called in training mode.
         batch_mode: ``mean-gradient`` or ``per-batch``.
         thresholds: when figures become findings.
@@ -88,12 +101,14 @@ class Session:
         spec: LossSpec,
         losses: tuple[ResolvedLoss, ...],
         *,
-        regularization_weight: float | None,
+        pending_weights: Mapping[str, float],
         training: bool,
         batch_mode: str,
         thresholds: Thresholds,
         timer: Timer,
         execution: str = "auto",
+        source_names: Mapping[int, str] | None = None,
+        loss_terms: LossTerms | None = None,
     ) -> None:
         self.loaded = loaded
         self.model: keras.Model = loaded.model
@@ -104,7 +119,10 @@ class Session:
         self.training = training
         self.batch_mode = batch_mode
         self.thresholds = thresholds
-        self._regularization_weight = regularization_weight
+        self.loss_terms = loss_terms
+        # weights for losses known only once the model runs (add_loss, regularization, loss_terms)
+        self._pending_weights = dict(pending_weights)
+        self._source_names = dict(source_names or {})
         self._prepare_timings = dict(timer.seconds)
         self.execution = execution
         self._backends: dict[str, GradientBackend] = {}
@@ -122,7 +140,8 @@ class Session:
 
             self._backends[execution] = backends.create(
                 self.model, self.losses, self.outputs, training=self.training, mode=self.batch_mode,
-                execution=execution,
+                execution=execution, source_names=self._source_names, loss_terms=self.loss_terms,
+                loss_scale=self.loaded.loss_scale,
             )
         return self._backends[execution]
 
@@ -133,7 +152,10 @@ class Session:
         from gradviz.backends import execution
 
         params = sum(math.prod(int(d) for d in v.shape) for v in self.model.trainable_variables)
-        return execution.choose(self.execution, batches=batches, losses=len(self.losses), params=params)
+        # The losses found when the model runs (add_loss, regularization, loss_terms) are not known yet,
+        # and a choice that changed after the first run would change a session's numbers: the compiled
+        # ones count, and a model with none (add_loss only, loss_terms) counts as one.
+        return execution.choose(self.execution, batches=batches, losses=max(len(self.losses), 1), params=params)
 
     def tracing_count(self) -> int:
         """How many times the gradient pass has been compiled (traced) so far."""
@@ -144,21 +166,30 @@ class Session:
         from gradviz.core.graph import input_id_ranges, input_value_ranges
         from gradviz.data import TensorInfo
         from gradviz.model.keras_structure import flat_input_tensors
-        from gradviz.model.topology import input_names
+        from gradviz.model.topology import input_names, input_tensors
 
         # gradviz's flat order (Keras's: dict keys sorted); keras_structure.to_model_inputs packs them back
         ranges = input_id_ranges(self.topology)
         value_ranges = input_value_ranges(self.topology)
+        # a subclassed model declares no input structure: its inputs come from its build shapes
+        tensors = flat_input_tensors(self.model) or input_tensors(self.model)
         return [
             TensorInfo(name, tuple(t.shape), str(getattr(t, "dtype", "float32")), ranges.get(name),
                        value_range=value_ranges.get(name))
-            for name, t in zip(input_names(self.model), flat_input_tensors(self.model))
+            for name, t in zip(input_names(self.model), tensors)
         ]
 
     def target_infos(self) -> list[TensorInfo]:
         """The targets each output with a loss needs (shape, dtype and the kind its loss takes)."""
         from gradviz.data import TensorInfo
 
+        if self.loss_terms is not None:  # the function's y: one target per output, shaped like it
+            from gradviz.model.topology import output_tensors
+
+            return [
+                TensorInfo(name, tuple(t.shape), str(getattr(t, "dtype", "float32")), None, "real")
+                for name, t in zip(self.outputs, output_tensors(self.model))
+            ]
         infos = []
         seen = set()
         for loss in self.losses:
@@ -235,8 +266,18 @@ class Session:
             return fit.load_saved_dataset(data, self.layout(), batch_size=batch_size, batches=batches)
         batch_size = fit.DEFAULT_BATCH_SIZE if batch_size is None else batch_size
         data_mod.check_counts(batch_size, batches)
+        inputs = self.input_infos()
+        if not inputs and data is None:
+            raise DataError(
+                f"gradviz cannot tell the inputs of '{self.model.name}' (a subclassed model never called, or whose "
+                "build shape is unknown), so it cannot make data up; pass `data=FILE.npz` with its inputs under 'x'"
+            )
+        if data is not None and (self.loss_terms is not None or not inputs):
+            # a loss_terms function takes whatever targets the file holds (or none); unknown inputs take any shape
+            return data_mod.load_npz_loose(data, batch_size=batch_size, batches=batches,
+                                           input_names=[info.name for info in inputs])
         if data is not None:
-            return data_mod.load_npz(data, self.input_infos(), self.target_infos(), batch_size=batch_size,
+            return data_mod.load_npz(data, inputs, self.target_infos(), batch_size=batch_size,
                                      batches=batches)
         from gradviz.core.graph import sequence_limit
 
@@ -308,17 +349,12 @@ class Session:
         chosen = self.choose_execution(batches_data.batches)
         self._last_execution = chosen.mode
         with timer.stage("gradients"), progress_for(progress, batches_data.batches) as callback:
-            stats = self.backend_for(chosen.mode).run(batches_data, progress=callback, seed=seed)
-        spec = self.spec
-        reg_name = regularization_name(self.outputs)
-        if stats.has_regularization:
-            weight = 1.0 if self._regularization_weight is None else self._regularization_weight
-            spec = replace(spec, terms=spec.terms + (LossTerm(reg_name, None, "model.losses", weight),))
-        elif self._regularization_weight is not None:
-            raise LossSpecError(
-                f"loss weight for {reg_name!r}: the model has no regularization or add_loss terms; "
-                f"valid names: {', '.join(spec.names)}"
-            )
+            backend = self.backend_for(chosen.mode)
+            try:
+                stats = backend.run(batches_data, progress=callback, seed=seed)
+            except NoLossError:
+                raise LossSpecError(no_loss_message(self.loaded.source or "the model", self.outputs)) from None
+        spec = self._spec_with_found_terms(backend)
         with timer.stage("analysis"):
             report = analyze_stats(self.topology, stats, spec, model_name=self.model.name, thresholds=self.thresholds)
         import keras
@@ -344,11 +380,46 @@ class Session:
             "training": self.training,
             "random_layers": random_layers,
             "graph_complete": self.topology.complete,
+            "loss_scale": stats.loss_scale,
             **self.backend_for(chosen.mode).meta,
             "execution": chosen.mode,
             "execution_reason": chosen.reason,
         }
         return report
+
+    def _spec_with_found_terms(self, backend: GradientBackend) -> LossSpec:
+        """The spec with the losses ``backend`` found when the model ran, weighted as asked.
+
+        Raises:
+            LossSpecError: a weight names no loss of the model.
+        """
+        pending = dict(self._pending_weights)
+        terms = list(self.spec.terms)
+        for term in backend.found_terms:
+            weight = pending.pop(term.name, None)
+            terms.append(term if weight is None else replace(term, weight=float(weight)))
+        names = [t.name for t in terms]
+        for name in pending:
+            if name in (REGULARIZATION, REGULARIZATION_LOSS):
+                raise LossSpecError(
+                    f"`loss_weights` {name}: the model has no regularization (no weight or activity regularizer); "
+                    f"its losses are: {', '.join(names)}"
+                )
+            if name in self.outputs:
+                raise LossSpecError(
+                    f"`loss_weights`: output '{name}' has no loss (none compiled or given with `losses`, and no "
+                    f"add_loss there) so a weight weighs nothing; its losses are: {', '.join(names)}"
+                )
+            hint = (f" ('{name}' is a layer, but it adds no loss with add_loss)"
+                    if name in self.topology.graph else "")
+            raise LossSpecError(
+                f"`loss_weights`: '{name}' is not an output of the model or a layer that adds a loss; "
+                f"its losses are: {', '.join(names)}{hint}"
+            )
+        # an output produced by an endpoint layer is trained by that layer's add_loss
+        anchors = {t.output for t in terms if t.source == "add_loss"}
+        unlossed = tuple(o for o in self.spec.unlossed_outputs if self.topology.outputs.get(o, o) not in anchors)
+        return replace(self.spec, terms=tuple(terms), unlossed_outputs=unlossed)
 
 
 def _data_meta(batches: Data | FitData, data: str | Path | Data | FitData | None) -> dict[str, Any]:
@@ -388,15 +459,21 @@ def prepare(
     unsafe: bool = False,
     thresholds: Thresholds = Thresholds(),
     execution: str = "auto",
+    loss_terms: LossTerms | None = None,
 ) -> Session:
     """Load or wrap a model, walk its graph and resolve each of its losses once.
+
+    Losses come from three sources: the compile config (or ``losses``), the layers
+    that add their own with ``add_loss`` (one loss per endpoint layer, named after it;
+    regularizers summed as ``regularization``), or ``loss_terms``.
 
     Args:
         model: a ``keras.Model`` or the path of a ``.keras`` / ``.h5`` file.
         losses: ``{output: loss}`` overriding or supplying the compiled losses;
             the key None applies a loss to every output.
-        loss_weights: ``{output: weight}`` overriding the compiled weights
-            (``regularization`` weights the ``model.losses`` term).
+        loss_weights: ``{name: weight}`` overriding the compiled weights; names are
+            outputs, endpoint layers (their ``add_loss``), ``regularization``, or
+            ``loss_terms``' names.
         training: call the model in training mode (dropout, batch statistics).
         batch_mode: ``mean-gradient`` (default) or ``per-batch``.
         custom_objects: a Python file defining custom layers and losses.
@@ -404,6 +481,11 @@ def prepare(
         thresholds: when figures become findings.
         execution: ``auto`` (default: eager for a few batches, compiled when tracing pays
             off), ``eager`` or ``compiled``; see :mod:`gradviz.backends.execution`.
+        loss_terms: ``fn(model, x, y) -> {name: scalar}``: the losses a custom training
+            step (``train_step`` / ``compute_loss``) sums. Each term is differentiated
+            separately with the model's current weights, statelessly (seed states,
+            BatchNorm statistics and variables are not written), with weight 1 unless
+            ``loss_weights`` names it. It replaces the compiled and added losses.
 
     Returns:
         A :class:`Session`; ``session.run(...)`` analyses data.
@@ -433,38 +515,106 @@ def prepare(
         else:
             loaded = loading.from_model(model)
             if custom_objects:
-                loaded = loading.LoadedModel(
-                    loaded.model, loaded.loss, loaded.loss_weights, None,
-                    loading.import_custom_objects(custom_objects),
-                )
+                loaded = replace(loaded, custom_objects=loading.import_custom_objects(custom_objects))
     keras_model = loaded.model
     with timer.stage("graph"):
-        topo = topology.build_topology(keras_model)
+        topo, sources = topology.build_topology_and_sources(keras_model)
     outputs = list(topo.outputs) or topology.output_names(keras_model)
-    if not outputs:
+    if not outputs and loss_terms is None:
+        why = topo.missing or "its call() cannot be traced"
         raise ModelLoadError(
-            f"gradviz cannot name the outputs of {keras_model.name!r}, a subclassed model; wrap it in a functional "
-            "model: x = keras.Input(shape); keras.Model(x, model(x)), then save or pass that"
+            f"gradviz cannot name the outputs of {keras_model.name!r}, a subclassed model: {why}; wrap it in a "
+            "functional model (x = keras.Input(shape); keras.Model(x, model(x))), or give the terms its training "
+            "step sums with `loss_terms`"
         )
     weights = dict(loss_weights or {})
-    reg_weight = weights.pop(regularization_name(outputs), None)  # "model.losses" if an output is so named
+    pending = {k: w for k, w in weights.items() if k not in outputs or loss_terms is not None}
+    for name in pending:  # named before the model runs: only what could still turn out to be a loss
+        _check_late_weight_name(name, outputs, topo.graph, loss_terms is not None)
     with timer.stage("losses"):
-        spec = build_spec(
-            outputs,
-            loaded.loss,
-            loaded.loss_weights,
-            loss_overrides=losses,
-            weight_overrides=weights,
-            layer_names=list(topo.graph.nodes),
-            source=loaded.source or "the model",
-        )
+        if loss_terms is not None:  # the custom step's terms replace the compiled losses
+            spec = LossSpec(())
+        else:
+            _check_compile_config(keras_model, loaded, outputs, losses or {}, weights)
+            spec = build_spec(
+                outputs,
+                loaded.loss,
+                loaded.loss_weights,
+                loss_overrides=losses,
+                weight_overrides={k: w for k, w in weights.items() if k not in pending},
+                layer_names=list(topo.graph.nodes),
+                source=loaded.source or "the model",
+                require_terms=False,  # endpoint layers may bring their own: checked when the model runs
+            )
+            # an output without a compiled loss may be an endpoint layer: its weight is for its add_loss
+            pending.update({o: weights[o] for o in spec.unlossed_outputs if o in weights})
         tensors = dict(zip(outputs, topology.output_tensors(keras_model)))
         resolved = resolve_losses(spec.output_terms, tensors, loaded.custom_objects)
     return Session(
         loaded, topo, outputs, spec, resolved,
-        regularization_weight=reg_weight, training=training, batch_mode=batch_mode, thresholds=thresholds,
-        timer=timer, execution=execution,
+        pending_weights=pending, training=training, batch_mode=batch_mode, thresholds=thresholds,
+        timer=timer, execution=execution, source_names=sources, loss_terms=loss_terms,
     )
+
+
+def _check_late_weight_name(name: str, outputs: list[str], graph: Any, custom_terms: bool) -> None:
+    """Refuse at once a loss weight that no loss found when the model runs could take.
+
+    Those losses are named after layers (``<layer>`` or ``<layer>.add_loss``), ``regularization``
+    (``model.losses``), or by a ``loss_terms`` function (any name).
+    """
+    if custom_terms or name in (REGULARIZATION, REGULARIZATION_LOSS):
+        return
+    layer = name[: -len(".add_loss")] if name.endswith(".add_loss") else name
+    if layer in graph and graph.nodes[layer].get("kind") in ("layer", "model"):
+        return
+    raise LossSpecError(
+        f"`loss_weights`: '{name}' is not an output of the model; outputs are: {', '.join(outputs)} "
+        "(layers that add a loss with add_loss, and 'regularization', are named too)"
+    )
+
+
+def _check_compile_config(model: Any, loaded: LoadedModel, outputs: list[str], losses: Mapping[str | None, Any],
+                          weights: Mapping[str, float]) -> None:
+    """Refuse a saved ``loss`` / ``loss_weights`` pair Keras's training step would refuse, in one line.
+
+    Skipped where the overrides replace what is wrong (every loss, or every weight).
+
+    Raises:
+        LossSpecError: Keras cannot pack the config; the message is Keras's.
+    """
+    if loaded.loss is None:
+        return
+    from gradviz.core.spec import is_serialized_object
+    from gradviz.model import keras_internals, topology
+
+    structure = topology.output_structure(model)
+    if structure is None:
+        return
+    # what compile() hands CompileLoss: the model's output_names (a subclassed model has none)
+    names = None if topology.is_subclassed(model) else list(getattr(model, "output_names", None) or outputs)
+
+    def is_leaf(value: Any) -> bool:
+        return is_serialized_object(value) and not set(map(str, value)) <= set(outputs)
+
+    def refusal(weights_config: Any) -> str | None:
+        try:
+            keras_internals.compile_loss_plan(loaded.loss, weights_config, structure, names, is_leaf)
+        except (ValueError, KeyError, TypeError) as e:
+            # Keras's words, its backticks dropped: they would read as gradviz's parameter names
+            text = " ".join(str(e).split()).strip("\"'").rstrip(".").replace("`", "")
+            return f"Keras raises {type(e).__name__}: {text[:300]}"
+        return None
+
+    why = refusal(loaded.loss_weights)
+    if why is None:
+        return
+    all_losses = None in losses or all(o in losses for o in outputs)
+    if all_losses:
+        return
+    if refusal(None) is None and all(o in weights for o in outputs):
+        return  # only the weights were wrong, and every one is overridden
+    raise LossSpecError(keras_refusal(why))
 
 
 def analyze(
@@ -488,6 +638,7 @@ def analyze(
     thresholds: Thresholds = Thresholds(),
     progress: Progress | str | None = "auto",
     execution: str = "auto",
+    loss_terms: LossTerms | None = None,
 ) -> Report:
     """Analyse how each loss's gradient flows through a Keras model: ``prepare(...).run(...)``.
 
@@ -495,8 +646,9 @@ def analyze(
         model: a ``keras.Model`` or the path of a ``.keras`` / ``.h5`` file.
         losses: ``{output: loss}`` overriding or supplying the compiled losses;
             the key None applies a loss to every output.
-        loss_weights: ``{output: weight}`` overriding the compiled weights
-            (``regularization`` weights the ``model.losses`` term).
+        loss_weights: ``{name: weight}`` overriding the compiled weights; names are
+            outputs, endpoint layers (their ``add_loss``), ``regularization``, or
+            ``loss_terms``' names.
         data: an ``.npz`` file (keys ``x``/``y`` or ``x:<input>``/``y:<output>``) or a directory
             written by ``tf.data.Dataset.save``; with neither ``data`` nor ``x``, seeded synthetic data.
         x: inputs as ``Model.fit`` takes them: NumPy arrays (one, a list in input order or a dict
@@ -521,6 +673,8 @@ def analyze(
             one batch (``tqdm.auto`` in notebooks, rich on a terminal's stderr); None: nothing.
         execution: ``auto`` (default), ``eager`` or ``compiled``: how the gradient pass runs
             (see :func:`prepare`).
+        loss_terms: ``fn(model, x, y) -> {name: scalar}``, the losses a custom training step
+            sums (see :func:`prepare`).
 
     Returns:
         The :class:`~gradviz.core.report.Report` (``.graph``, ``.to_json()``).
@@ -535,6 +689,7 @@ def analyze(
     session = prepare(
         model, losses=losses, loss_weights=loss_weights, training=training, batch_mode=batch_mode,
         custom_objects=custom_objects, unsafe=unsafe, thresholds=thresholds, execution=execution,
+        loss_terms=loss_terms,
     )
     return session.run(data, x=x, y=y, sample_weight=sample_weight, class_weight=class_weight,
                        batch_size=batch_size, steps=steps, batches=batches, seed=seed, progress=progress)

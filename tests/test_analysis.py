@@ -170,7 +170,7 @@ def test_an_output_called_regularization_keeps_its_loss() -> None:
     x = keras.Input((4,), name="x")
     h = layers.Dense(4, name="h", kernel_regularizer="l2")(x)
     model = keras.Model(x, [layers.Dense(1, name="regularization")(h), layers.Dense(1, name="other")(h)])
-    model.compile(loss="mse", loss_weights=[0.5, 1.0])
+    model.compile(loss=["mse", "mse"], loss_weights=[0.5, 1.0])
     report = gradviz.analyze(model, batch_size=4)
     assert [(l.name, l.output, l.weight) for l in report.losses] == [
         ("regularization", "regularization", 0.5), ("other", "other", 1.0), ("model.losses", None, 1.0),
@@ -182,7 +182,7 @@ def test_a_conflicting_loss_is_not_reported_as_drowned(tmp_path: Any) -> None:
     x = keras.Input((4,), name="x")
     c = layers.Dense(1, name="c", kernel_initializer="zeros")(layers.Dense(8, name="trunk")(x))
     model = keras.Model(x, [c, ops.negative(c)])
-    model.compile(loss="mse", loss_weights=[1.0, 0.5])
+    model.compile(loss=["mse", "mse"], loss_weights=[1.0, 0.5])
     rng = np.random.default_rng(0)
     y = rng.standard_normal((8, 1)).astype("float32") + 3.0
     np.savez(tmp_path / "d.npz", x=rng.standard_normal((8, 4)).astype("float32"),
@@ -223,12 +223,12 @@ def test_mixed_precision_is_said() -> None:
     assert finding.layers == ("h",) and "LossScaleOptimizer" in finding.message
 
 
-def test_top_level_subclassed_model_gets_a_clear_error() -> None:
+def test_top_level_subclassed_model_is_analysed_through_its_traced_call() -> None:
     class Two(keras.Model):
         def __init__(self) -> None:
             super().__init__(name="two")
-            self.a = layers.Dense(4)
-            self.b = layers.Dense(1)
+            self.a = layers.Dense(4, name="a")
+            self.b = layers.Dense(1, name="b")
 
         def call(self, x: Any) -> Any:
             return self.b(self.a(x))
@@ -236,5 +236,7 @@ def test_top_level_subclassed_model_gets_a_clear_error() -> None:
     model = Two()
     model(np.zeros((1, 3), "float32"))
     model.compile(loss="mse")
-    with pytest.raises(gradviz.GradvizError, match=r"subclassed model; wrap it in a functional model"):
-        gradviz.analyze(model)
+    report = gradviz.analyze(model, batch_size=4)
+    assert [(l.name, l.output) for l in report.losses] == [("b", "b")]
+    assert ("a", "b") in report.edges and report.layer("a").reached_by == ("b",)
+    assert report.meta["graph_complete"] and not report.findings_of("incomplete-graph")

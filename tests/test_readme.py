@@ -33,7 +33,22 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
     return blocks
 
 
-BLOCKS = python_blocks(README.read_text())
+#: blocks that are files for the CLI (first line ``# NAME.py``), not snippets to paste: the test that runs
+#: each one verbatim, with the files it reads
+FILE_BLOCKS = {"# steps.py": "tests/test_loss_terms.py::test_gan_generator_terms_as_in_the_readme"}
+BLOCKS = [(line, code) for line, code in python_blocks(README.read_text()) if code.split("\n", 1)[0] not in FILE_BLOCKS]
+
+
+def test_file_blocks_are_run_by_their_tests() -> None:
+    """Each file block is named in FILE_BLOCKS, and the test named there reads it from the README."""
+    for line, code in python_blocks(README.read_text()):
+        first = code.split("\n", 1)[0]
+        if re.fullmatch(r"# \w+\.py", first):
+            assert first in FILE_BLOCKS, f"README.md line {line}: file block {first!r} has no test"
+    for first, test in FILE_BLOCKS.items():
+        path, name = test.split("::")
+        source = (ROOT / path).read_text()
+        assert f"def {name}(" in source and f"_readme_block(\"{first}\")" in source, test
 
 
 def test_the_readme_has_python_snippets() -> None:

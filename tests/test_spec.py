@@ -20,10 +20,12 @@ def _summary(spec):  # type: ignore[no-untyped-def]
     "loss, weights, expected",
     [
         (["bce", "mse"], [0.5, 0.3], [("C", "C", "bce", 0.5), ("D", "D", "mse", 0.3)]),
-        ({"D": "mse", "C": "bce"}, {"C": 2.0}, [("C", "C", "bce", 2.0), ("D", "D", "mse", 1.0)]),
+        ({"D": "mse", "C": "bce"}, {"C": 2.0, "D": 1.0}, [("C", "C", "bce", 2.0), ("D", "D", "mse", 1.0)]),
         ("mse", None, [("C", "C", "mse", 1.0), ("D", "D", "mse", 1.0)]),
         ("mse", 0.5, [("C", "C", "mse", 0.5), ("D", "D", "mse", 0.5)]),
-        (["bce", None], [0.7], [("C", "C", "bce", 0.7)]),
+        (["bce", None], [0.7, 0.2], [("C", "C", "bce", 0.7)]),
+        ("mse", [0.5], [("C", "C", "mse", 0.5), ("D", "D", "mse", 0.5)]),
+        (["mse"], None, [("C", "C", "mse", 1.0)]),
         ({"class_name": "Huber", "config": {"name": "huber_loss"}}, None,
          [("C", "C", "huber_loss", 1.0), ("D", "D", "huber_loss", 1.0)]),
     ],
@@ -62,7 +64,11 @@ def test_regularization_term_is_last() -> None:
         ({"saved_loss": "mse", "loss_overrides": {"B": "mse"}, "layer_names": ["A", "B"]}, "intermediate layer"),
         ({"saved_loss": ["mse", "mse", "mse"]}, "3 entries for 2 outputs"),
         ({"saved_loss": {"E": "mse"}}, "not outputs"),
-        ({"saved_loss": "mse", "saved_weights": [-1, 1]}, "not a valid weight"),
+        ({"saved_loss": ["mse", "mse"], "saved_weights": [-1, 1]}, "not a valid weight"),
+        # forms Keras 3's training step refuses (keras/src/trainers/compile_utils.py, CompileLoss.build)
+        ({"saved_loss": "mse", "saved_weights": [1.0, 0.1]}, "must match the number of losses, got 1 losses and 2 weights"),
+        ({"saved_loss": ["bce", None], "saved_weights": [0.7]}, "got 2 losses and 1 weights"),
+        ({"saved_loss": {"D": "mse", "C": "bce"}, "saved_weights": {"C": 2.0}}, "no entry for output.*'D'"),
     ],
 )
 def test_errors_say_what_is_valid(kwargs, message):  # type: ignore[no-untyped-def]

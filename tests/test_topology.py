@@ -117,7 +117,7 @@ def test_frozen_layer_owns_no_trainable_variables() -> None:
     assert {v.layer for v in topo.variables} == {"out"}
 
 
-def test_subclassed_model_is_listed_but_incomplete() -> None:
+def test_subclassed_model_is_walked_through_a_trace_of_its_call() -> None:
     class Two(keras.Model):
         def __init__(self) -> None:
             super().__init__(name="two")
@@ -125,13 +125,36 @@ def test_subclassed_model_is_listed_but_incomplete() -> None:
             self.b = layers.Dense(1, name="b")
 
         def call(self, x: Any) -> Any:
-            return self.b(self.a(x))
+            return self.b(ops.relu(self.a(x)))
 
     model = Two()
     model(keras.ops.zeros((1, 3)))
     topo = build_topology(model)
+    assert topo.complete is True and topo.missing == ""
+    assert topo.inputs == {"x": "x"} and topo.outputs == {"b": "b"}  # the input is named after call()'s argument
+    (relu,) = [n for n in topo.graph if topo.graph.nodes[n]["class_name"] == "Relu"]
+    assert set(topo.graph.edges) == {("x", "a"), ("a", relu), (relu, "b")}
+    assert {v.layer for v in topo.variables} == {"a", "b"}
+
+
+def test_subclassed_model_that_cannot_be_traced_is_listed_but_incomplete() -> None:
+    import tensorflow as tf
+
+    class Opaque(keras.Model):
+        def __init__(self) -> None:
+            super().__init__(name="opaque")
+            self.a = layers.Dense(4, name="a")
+            self.b = layers.Dense(1, name="b")
+
+        def call(self, x: Any) -> Any:
+            return self.b(tf.nn.relu(self.a(x)))  # a TensorFlow op: runs in a graph, not on KerasTensors
+
+    model = Opaque()
+    model(keras.ops.zeros((1, 3)))
+    topo = build_topology(model)
     assert topo.complete is False
-    assert {"a", "b"} <= set(topo.graph.nodes)
+    assert "model 'opaque' is subclassed and its call() cannot run on symbolic inputs" in topo.missing
+    assert {"a", "b", "opaque.call"} <= set(topo.graph.nodes) and not topo.graph.edges
     assert {v.layer for v in topo.variables} == {"a", "b"}
 
 

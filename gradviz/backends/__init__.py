@@ -13,11 +13,12 @@ else.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 from gradviz.errors import BackendError
 
 if TYPE_CHECKING:
+    from gradviz.core.spec import LossTerm
     from gradviz.core.stats import GradientStats, Progress
     from gradviz.data import BatchSource
     from gradviz.model.losses import ResolvedLoss
@@ -35,6 +36,11 @@ class GradientBackend(Protocol):
 
     #: the array library, as the report's ``meta.backend`` names it
     name: str
+
+    #: the losses the pass found beyond the resolved output losses, in the statistics' order
+    #: (known after the first run): each endpoint layer's ``add_loss`` term, the summed
+    #: regularizers (last), or the terms of a ``loss_terms`` function
+    found_terms: tuple[LossTerm, ...]
 
     def run(self, data: BatchSource, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
         """Per-loss gradient statistics of every trainable variable over ``data``'s batches.
@@ -69,12 +75,23 @@ def create(
     training: bool,
     mode: str,
     execution: str = "compiled",
+    source_names: Mapping[int, str] | None = None,
+    loss_terms: Callable[..., Any] | None = None,
+    loss_scale: float | None = None,
 ) -> GradientBackend:
     """The gradient backend for the Keras backend the model runs on.
 
     Args:
+        model: the model; it is not modified.
+        losses: the resolved output losses.
+        output_names: the model's outputs, in order.
+        training: call the model in training mode.
+        mode: ``mean-gradient`` or ``per-batch``.
         execution: ``compiled`` (traced once, fastest per batch) or ``eager`` (nothing
             traced; see :mod:`gradviz.backends.execution`).
+        source_names: ``id(layer)`` -> the graph node naming the losses that layer adds.
+        loss_terms: ``fn(model, x, y) -> {name: scalar}`` replacing the model's own losses.
+        loss_scale: the mixed-precision loss scale, or None.
 
     Raises:
         BackendError: Keras runs on a backend gradviz does not support.
@@ -88,9 +105,11 @@ def create(
         if execution == "eager":
             from gradviz.backends.tensorflow.eager_pass import EagerPass
 
-            return EagerPass(model, losses, output_names, training=training, mode=mode)
+            return EagerPass(model, losses, output_names, training=training, mode=mode, source_names=source_names,
+                             loss_terms=loss_terms, loss_scale=loss_scale)
 
-        return GradientPass(model, losses, output_names, training=training, mode=mode)
+        return GradientPass(model, losses, output_names, training=training, mode=mode, source_names=source_names,
+                            loss_terms=loss_terms, loss_scale=loss_scale)
     raise BackendError(
         f"Keras runs on the {name!r} backend; gradviz computes gradients on: {', '.join(SUPPORTED)} "
         "(set KERAS_BACKEND=tensorflow)"

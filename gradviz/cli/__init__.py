@@ -41,6 +41,7 @@ FLAGS = {
     "unsafe": "--unsafe",
     "losses": "--loss",
     "loss_weights": "--loss-weight",
+    "loss_terms": "--loss-terms",
     "reference": "--reference",
     "suggest_weights": "--suggest",
     "tries": "--try",
@@ -106,9 +107,14 @@ def analysis_options(command: F) -> F:
         click.option("--loss", "losses", multiple=True, metavar="OUTPUT=LOSS",
                      help="Loss for an output (repeatable); a bare LOSS applies to every output. "
                           "Overrides the compiled loss."),
-        click.option("--loss-weight", "loss_weights", multiple=True, metavar="OUTPUT=W",
-                     help="Weight of an output's loss (repeatable; 'regularization' weights model.losses, "
-                          "named 'model.losses' instead when an output is called 'regularization')."),
+        click.option("--loss-weight", "loss_weights", multiple=True, metavar="NAME=W",
+                     help="Weight of a loss (repeatable): an output's, an endpoint layer's add_loss (by layer "
+                          "name), a --loss-terms term's, or 'regularization' (the summed regularizers; "
+                          "'model.losses' when an output is called 'regularization')."),
+        click.option("--loss-terms", "loss_terms", metavar="FILE.py:FUNCTION",
+                     help="The losses of a custom training step: FUNCTION(model, x, y) returns {name: scalar}; "
+                          "each term is analysed as a loss (weight 1), replacing the compiled ones. The file is "
+                          "executed."),
         click.option("--data", type=click.Path(), metavar="FILE.npz|DIR",
                      help="Inputs and targets: an .npz file (keys x/y, or x:<input>/y:<output>) or a directory "
                           "written by tf.data.Dataset.save (elements (x, y) or (x, y, sample_weight)). "
@@ -193,6 +199,13 @@ def run_analysis(model: str, **kwargs: Any) -> Any:
         import_tensorflow_quietly(debug=kwargs.get("debug", False))
         from gradviz.session import prepare
 
+        loss_terms = None
+        if kwargs.get("loss_terms"):
+            from gradviz.model.loading import import_loss_terms
+
+            with stdout_to_stderr():
+                loss_terms = import_loss_terms(kwargs["loss_terms"])
+
         with stdout_to_stderr():
             waiting.stage(f"loading {model}")
             session = prepare(
@@ -204,6 +217,7 @@ def run_analysis(model: str, **kwargs: Any) -> Any:
                 custom_objects=kwargs["custom_objects"],
                 unsafe=kwargs["unsafe"],
                 execution=kwargs["execution"],
+                loss_terms=loss_terms,
             )
             chosen = session.choose_execution(batches)
             waiting.stage(f"gradients ({chosen.mode})", total=batches if batches > 1 else None)
@@ -315,9 +329,10 @@ def inspect(model: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None
     """Per-loss gradient analysis of a saved Keras model.
 
     Computes, for every trainable variable, the gradient of each loss (from the
-    saved compile config, or --loss), and reports which layers each loss
-    reaches, how strongly, where a path is blocked, dead heads and the
-    effect of the loss weights on the shared trunk.
+    saved compile config or --loss, each layer's add_loss, the summed
+    regularizers, or the terms of a custom training step with --loss-terms),
+    and reports which layers each loss reaches, how strongly, where a path is
+    blocked, dead heads and the effect of the loss weights on the shared trunk.
 
     \b
     Example:
@@ -325,6 +340,7 @@ def inspect(model: str, as_json: bool, outputs: tuple[str, ...], fmt: str | None
       gradviz inspect model.keras --data batch.npz --batches 4 -o report.json
       gradviz inspect model.keras --loss D=mse --loss-weight D=0.1 --fail-on error
       gradviz inspect model.keras -o flow.svg -o report.html --show-norms --compact
+      gradviz inspect generator.keras --loss-terms steps.py:generator_terms --data pairs.npz
     """
     from gradviz import output
     from gradviz.core.report import severity_at_least

@@ -27,7 +27,7 @@ import networkx as nx
 import numpy as np
 
 from gradviz.core.findings import Evidence, Thresholds, find_all, sort_findings
-from gradviz.core.graph import Topology
+from gradviz.core.graph import Topology, loss_anchor
 from gradviz.core.palette import loss_colors
 from gradviz.core.report import (
     Finding,
@@ -198,7 +198,7 @@ def _annotated_graph(topology: Topology, layers: list[LayerInfo], losses: list[L
         )
     next_order = len(graph)
     for loss in losses:
-        if loss.output is None:
+        if loss.source == "regularization":
             continue
         node = loss_node(loss.name, graph)
         graph.add_node(
@@ -207,11 +207,12 @@ def _annotated_graph(topology: Topology, layers: list[LayerInfo], losses: list[L
             blocks_gradient=False, output_shape="", activation=None,
         )
         next_order += 1
-        source = topology.outputs.get(loss.output)
+        source = loss_anchor(topology, loss.output, loss.source)
         if source:
             graph.add_edge(source, node, shape="")
             if "call_scopes" in graph.nodes[source]:  # a reused layer: which of its calls gives the output
-                graph.edges[source, node]["calls"] = [[topology.output_calls.get(loss.output, 1), 1]]
+                call = topology.output_calls.get(loss.output or "", 1) if loss.source == "compile" else 1
+                graph.edges[source, node]["calls"] = [[call, 1]]
     return graph
 
 
@@ -244,7 +245,7 @@ def group_info(report: Report, name: str, members: Sequence[str]) -> LayerInfo:
     names = list(stats.loss_names)
     by_name = {l.name: l for l in report.losses}
     weights = np.array([by_name[n].weight for n in names], dtype=np.float64)
-    output_losses = [k for k, n in enumerate(names) if by_name[n].output is not None]
+    output_losses = [k for k, n in enumerate(names) if by_name[n].source != "regularization"]
     wanted = set(members)
     var_ids = [v for v, info in enumerate(report.topology.variables) if info.layer in wanted]
     node = {

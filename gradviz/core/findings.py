@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 import networkx as nx
 import numpy as np
 
-from gradviz.core.graph import Topology
+from gradviz.core.graph import Topology, loss_anchor
 from gradviz.core.report import SEVERITIES, Finding, LayerInfo
 from gradviz.core.spec import LossSpec
 from gradviz.core.stats import GradientStats
@@ -283,8 +283,8 @@ class DeadHead(Check):
 class BlockedPath(Check):
     kind = "blocked-path"
     meaning = (
-        "Layers feed this output, but its loss's gradient cannot flow back to them through the named "
-        "operation, so the loss does not train them."
+        "Layers feed this output (or the endpoint layer that adds this loss), but its loss's gradient cannot "
+        "flow back to them through the named operation, so the loss does not train them."
     )
     advice = (
         "If unintended, remove ops.stop_gradient, replace argmax/round/integer casts with a differentiable "
@@ -296,15 +296,21 @@ class BlockedPath(Check):
         if not topology.complete:
             return []
         found = []
+        # An endpoint layer whose weights its own add_loss trains is not blocked for the outputs it
+        # passes features on to: its weights serve its loss.
+        endpoints = {
+            info.name for info in evidence.trainable for t in evidence.spec.terms
+            if t.source == "add_loss" and t.output == info.name and t.name in info.reached_by
+        }
         for k in evidence.output_losses:
             name = evidence.names[k]
             term = next(t for t in evidence.spec.terms if t.name == name)
-            out_node = topology.outputs.get(term.output or "")
+            out_node = loss_anchor(topology, term.output, term.source)  # an endpoint layer for an add_loss term
             if not out_node:
                 continue
             upstream = nx.ancestors(graph, out_node) | {out_node}
             blocked = [info.name for info in evidence.trainable
-                       if info.name in upstream and info.grad_norm.get(name) is None]
+                       if info.name in upstream and info.grad_norm.get(name) is None and info.name not in endpoints]
             groups: dict[tuple[str, ...], list[str]] = {}
             for layer in blocked:
                 groups.setdefault(self._first_blockers(evidence, layer, out_node), []).append(layer)
@@ -314,18 +320,29 @@ class BlockedPath(Check):
                     where = " and ".join(f"{b} ({graph.nodes[b]['class_name']})" for b in blockers)
                     message = (
                         f"loss '{name}': gradient blocked at {where}; {noun(len(group), 'layer')} {', '.join(group)} "
-                        f"{verb(group, 'feeds', 'feed')} output '{term.output}' but {verb(group, 'gets', 'get')} no "
-                        "gradient from its loss"
+                        f"{verb(group, 'feeds', 'feed')} {self._fed(term.output, term.source)} but "
+                        f"{verb(group, 'gets', 'get')} no gradient from its loss"
                     )
                 else:
                     message = (
                         f"loss '{name}': {noun(len(group), 'layer')} {', '.join(group)} {verb(group, 'feeds', 'feed')} "
-                        f"output '{term.output}' but {verb(group, 'gets', 'get')} no gradient from its loss, and no "
+                        f"{self._fed(term.output, term.source)} but {verb(group, 'gets', 'get')} no gradient from its "
+                        "loss, and no "
                         "known gradient-blocking operation lies between them "
                         "(a custom layer or a non-differentiable op cuts the path)"
                     )
                 found.append(self.finding("error", message, (name,), tuple(group) + blockers, blockers))
         return found
+
+    @staticmethod
+    def _fed(output: str | None, source: str) -> str:
+        """What a loss's upstream layers feed: its output, or the endpoint layer that adds it.
+
+        Example:
+            >>> BlockedPath._fed("ctc", "add_loss"), BlockedPath._fed("C", "compile")
+            ("layer 'ctc' (which adds the loss)", "output 'C'")
+        """
+        return f"layer '{output}' (which adds the loss)" if source == "add_loss" else f"output '{output}'"
 
     @staticmethod
     def _first_blockers(evidence: Evidence, layer: str, output: str) -> tuple[str, ...]:
@@ -560,13 +577,14 @@ class ChainedHead(Check):
 class MixedPrecision(Check):
     kind = "mixed-precision"
     meaning = (
-        "These layers compute in float16. gradviz differentiates the loss as it is, without the loss scaling "
-        "Keras's LossScaleOptimizer applies in training, so gradients smaller than float16 can represent "
-        "show as 0 here even though training would see them."
+        "These layers compute in float16 or bfloat16. Where Keras's training step scales the loss (a "
+        "LossScaleOptimizer, float16), gradviz scales it the same way and unscales the gradients, so they match "
+        "training; where it does not (bfloat16, compile(auto_scale_loss=False)), gradients below float16's range "
+        "show as 0 here, as they are 0 in training."
     )
     advice = (
-        "Treat zero or dead figures on these layers with suspicion; inspect a float32 copy of the model "
-        "(keras.mixed_precision.set_global_policy('float32') before building) for exact figures."
+        "Unscaled: treat zero or dead figures on these layers with suspicion, or inspect a float32 copy of the "
+        "model (keras.mixed_precision.set_global_policy('float32') before building) for exact figures."
     )
 
     def find(self, evidence: Evidence) -> list[Finding]:
@@ -575,13 +593,29 @@ class MixedPrecision(Check):
                       and graph.nodes[n].get("trainable_params", 0) > 0)
         if not half:
             return []
-        return [self.finding(
-            "info",
-            f"{plural(len(half), 'layer')} {verb(half, 'computes', 'compute')} in float16/bfloat16; gradviz "
-            "differentiates the unscaled loss, so "
-            "gradients below float16's range can show as 0 (dead) where Keras's LossScaleOptimizer would scale them",
-            (), evidence.ordered(half),
-        )]
+        return [self.finding("info", self.message(len(half), evidence.stats.loss_scale), (), evidence.ordered(half))]
+
+    @staticmethod
+    def message(layers: int, loss_scale: float | None) -> str:
+        """How the losses were scaled, as Keras's training step scales them.
+
+        Example:
+            >>> MixedPrecision.message(2, 32768.0)[:64]
+            '2 layers compute in float16/bfloat16; each loss was scaled by 32'
+        """
+        half = f"{plural(layers, 'layer')} {verb(layers, 'computes', 'compute')} in float16/bfloat16"
+        if loss_scale is not None:
+            return (
+                f"{half}; each loss was scaled by {loss_scale:g} before differentiating and the gradients unscaled "
+                "after, as Keras's LossScaleOptimizer does (it halves its scale, from 32768 at first, after each step "
+                "whose gradients overflow; this is the largest with finite gradients), so small float16 gradients "
+                "are not lost"
+            )
+        return (
+            f"{half}; the losses were not scaled (Keras's training step does not scale them: a bfloat16 policy, or "
+            "compile(auto_scale_loss=False)), so gradients below float16's range show as 0 (dead) as they would in "
+            "training"
+        )
 
 
 @register
@@ -597,5 +631,7 @@ class IncompleteGraph(Check):
         if evidence.topology.complete:
             return []
         return [self.finding(
-            "info", "part of the model is subclassed Python code: its layers are listed, but paths through it are unknown"
+            "info",
+            evidence.topology.missing
+            or "part of the model is subclassed Python code: its layers are listed, but paths through it are unknown",
         )]

@@ -43,6 +43,8 @@ class Topology:
         complete: False when part of the model could not be walked (subclassed).
         output_calls: for an output produced by a later call of a reused layer (a tied embedding's
             output projection), the number of that call; outputs of first calls are not listed.
+        missing: what an incomplete graph lacks and why, in words (empty otherwise,
+            and for subclassed layers inside a functional model).
     """
 
     graph: nx.DiGraph
@@ -51,12 +53,23 @@ class Topology:
     variables: tuple[VariableInfo, ...]
     complete: bool = True
     output_calls: dict[str, int] = field(default_factory=dict)
+    missing: str = ""
 
     @property
     def layer_names(self) -> list[str]:
         """Graph nodes in topological order."""
         return sorted(self.graph.nodes, key=lambda n: self.graph.nodes[n]["order"])
 
+def loss_anchor(topology: Topology, output: str | None, source: str) -> str | None:
+    """The graph node a loss hangs from: its output's node, or the layer whose ``add_loss`` it is.
+
+    None for ``loss_terms`` and regularization (they come from no one node).
+    """
+    if source == "compile":
+        return topology.outputs.get(output or "")
+    if source == "add_loss" and output is not None and output in topology.graph:
+        return output
+    return None
 
 
 #: weightless operations that pass integer ids on unchanged (an id input may go through them to its Embedding)

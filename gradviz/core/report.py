@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import networkx as nx
 
 from gradviz.core.graph import Topology
-from gradviz.core.spec import LossSpec
+from gradviz.core.spec import LossSpec, loss_source
 from gradviz.core.stats import GradientStats
 
 SEVERITIES = ("info", "warning", "error")
@@ -33,7 +33,11 @@ LOSS_NODE_PREFIX = "loss:"
 
 @dataclass(frozen=True)
 class LossInfo:
-    """A loss as the report shows it."""
+    """A loss as the report shows it.
+
+    ``output`` is the output the loss applies to; for an ``add_loss`` term the layer that adds
+    it; None for regularization and ``loss_terms``. :attr:`source` follows from it and ``loss``.
+    """
 
     name: str
     loss: str
@@ -41,6 +45,11 @@ class LossInfo:
     value: float
     output: str | None
     color: str = ""
+
+    @property
+    def source(self) -> str:
+        """``compile``, ``add_loss``, ``loss_terms`` or ``regularization`` (:func:`~gradviz.core.spec.loss_source`)."""
+        return loss_source(self.output, self.loss)
 
 
 

@@ -94,6 +94,7 @@ def topology_dict(topology: Topology) -> dict[str, Any]:
         "outputs": dict(topology.outputs),
         "variables": [{"path": v.path, "layer": v.layer, "shape": list(v.shape)} for v in topology.variables],
         "complete": topology.complete,
+        "missing": topology.missing,
     }
 
 
@@ -114,6 +115,7 @@ def statistics_dict(stats: GradientStats, topology: Topology) -> dict[str, Any]:
         "batches": int(stats.batches),
         "mode": stats.mode,
         "has_regularization": bool(stats.has_regularization),
+        "loss_scale": None if stats.loss_scale is None else json_number(stats.loss_scale),
         "variables": [
             {
                 "path": info.path,
@@ -354,7 +356,10 @@ def _topology(data: Any, where: str) -> Topology:
             _node_name(_get(item, "layer", at), f"{at}.layer", graph),
             tuple(_int(d, f"{at}.shape[{j}]") for j, d in enumerate(shape)),
         ))
-    return Topology(graph, outputs, inputs, tuple(variables), _bool(_get(data, "complete", where), f"{where}.complete"))
+    # "missing" came with subclassed models (absent from earlier reports of this format: nothing was)
+    missing = _str(data["missing"], f"{where}.missing") if isinstance(data, dict) and "missing" in data else ""
+    return Topology(graph, outputs, inputs, tuple(variables), _bool(_get(data, "complete", where), f"{where}.complete"),
+                    missing=missing)
 
 
 def _statistics(data: Any, where: str, topology: Topology) -> GradientStats:
@@ -388,6 +393,8 @@ def _statistics(data: Any, where: str, topology: Topology) -> GradientStats:
         _int(_get(data, "batches", where), f"{where}.batches"),
         _str(_get(data, "mode", where), f"{where}.mode"),
         _bool(_get(data, "has_regularization", where), f"{where}.has_regularization"),
+        # "loss_scale" came with mixed precision's loss scaling (absent from earlier reports: none was scaled)
+        _optional_num(data.get("loss_scale") if isinstance(data, dict) else None, f"{where}.loss_scale"),
     )
 
 

@@ -1,9 +1,19 @@
 """The losses and weights to analyse.
 
 A :class:`LossSpec` is the list of terms whose weighted sum Keras's training
-step differentiates: one term per output that has a loss (as the model was
-compiled, or as ``--loss`` / ``--loss-weight`` override it), plus one term
-named ``regularization`` for ``model.losses`` when the model has any.
+step differentiates. Losses come from three sources:
+
+* ``compile``: one term per output that has a loss (as the model was compiled,
+  or as ``--loss`` / ``--loss-weight`` override it);
+* ``add_loss``: one term per layer that adds a loss of its own in ``call()``
+  (an endpoint layer), named after the layer; weight regularizers (kernel, bias,
+  activity) are not endpoints: they are summed into one term named
+  ``regularization``;
+* ``loss_terms``: the named terms a custom training step sums, from a function
+  ``fn(model, x, y) -> {name: scalar}``; they replace the other two.
+
+Which source a term has follows from its ``output`` and ``loss`` (see
+:func:`loss_source`), so the JSON report keeps its fields.
 
 The rules mirror ``keras/src/trainers/compile_utils.py`` (``CompileLoss``):
 a single loss applies to every output; a list is matched to the outputs by
@@ -21,6 +31,33 @@ from typing import Any, Iterable, Mapping, Sequence
 from gradviz.errors import LossSpecError
 
 REGULARIZATION = "regularization"
+#: ``LossTerm.loss`` of the summed regularizers (``model.losses`` minus the endpoint layers' terms)
+REGULARIZATION_LOSS = "model.losses"
+#: ``LossTerm.loss`` of an endpoint layer's ``add_loss`` term
+ADD_LOSS = "add_loss"
+#: the sources of losses, as :func:`loss_source` names them
+SOURCES = ("compile", "add_loss", "loss_terms", "regularization")
+
+
+def loss_source(output: str | None, loss: str) -> str:
+    """Where a loss comes from, from the fields every report keeps (``output``, ``loss``).
+
+    ``compile``: a compiled (or ``--loss``) loss of an output; ``add_loss``: a layer's
+    own ``add_loss`` (its ``output`` is that layer); ``regularization``: the summed
+    regularizers (``loss`` is ``model.losses``); ``loss_terms``: a term of a custom
+    training step (no output; ``loss`` names the function).
+
+    Example:
+        >>> loss_source("C", "mse"), loss_source("ctc", "add_loss"), loss_source(None, "model.losses")
+        ('compile', 'add_loss', 'regularization')
+        >>> loss_source(None, "vae_terms")
+        'loss_terms'
+    """
+    if loss == ADD_LOSS:
+        return "add_loss"
+    if output is not None:
+        return "compile"
+    return "regularization" if loss == REGULARIZATION_LOSS else "loss_terms"
 
 #: what ``keras.losses.get`` accepts by name, listed in messages about unknown names.
 COMMON_LOSSES = (
@@ -50,9 +87,14 @@ class LossTerm:
     """One loss of the weighted sum.
 
     Attributes:
-        name: the output name, or ``regularization``; unique within a spec.
-        output: the model output the loss applies to (None for regularization).
-        loss: the loss as users name it (``binary_crossentropy``, ``huber_loss``).
+        name: the output name, the endpoint layer's name (``add_loss``), the name a
+            ``loss_terms`` function gives it, or ``regularization``; unique within a spec.
+        output: the model output the loss applies to; for an ``add_loss`` term the
+            layer that adds it (None when that is the model itself); None for
+            regularization and ``loss_terms``.
+        loss: the loss as users name it (``binary_crossentropy``, ``huber_loss``);
+            ``add_loss``, ``model.losses`` (regularization), or the ``loss_terms``
+            function's name.
         weight: its factor in the weighted sum.
         identifier: what ``keras.losses.get`` resolves (a name, a serialized
             config or a live loss object); not part of equality.
@@ -65,9 +107,14 @@ class LossTerm:
     identifier: Any = field(default=None, compare=False, hash=False, repr=False)
 
     @property
+    def source(self) -> str:
+        """``compile``, ``add_loss``, ``loss_terms`` or ``regularization`` (see :func:`loss_source`)."""
+        return loss_source(self.output, self.loss)
+
+    @property
     def is_regularization(self) -> bool:
-        """Whether this is the ``model.losses`` term."""
-        return self.output is None
+        """Whether this is the summed regularizers' term."""
+        return self.source == "regularization"
 
 
 @dataclass(frozen=True)
@@ -99,8 +146,8 @@ class LossSpec:
 
     @property
     def output_terms(self) -> tuple[LossTerm, ...]:
-        """The terms attached to outputs (all but regularization)."""
-        return tuple(t for t in self.terms if not t.is_regularization)
+        """The compiled terms, attached to outputs (what Keras's ``loss_weights`` weighs)."""
+        return tuple(t for t in self.terms if t.source == "compile")
 
     def with_weights(self, weights: Mapping[str, float]) -> LossSpec:
         """A copy with some weights replaced; names not given keep their weight.
@@ -200,6 +247,7 @@ def build_spec(
     has_regularization: bool = False,
     layer_names: Iterable[str] = (),
     source: str = "the model",
+    require_terms: bool = True,
 ) -> LossSpec:
     """Decide which loss applies to which output, with which weight.
 
@@ -213,6 +261,9 @@ def build_spec(
         has_regularization: whether ``model.losses`` is non-empty.
         layer_names: the model's layer names, to explain a name that is not an output.
         source: how to name the model in messages.
+        require_terms: refuse a spec without a compiled loss. False when the model may
+            still bring its own (``add_loss`` terms, found when it runs): the caller
+            checks then, with :func:`no_loss_message`.
 
     Returns:
         The spec; a term's ``identifier`` is still unresolved (see :func:`resolve_losses`).
@@ -242,7 +293,10 @@ def build_spec(
 
     per_output = _losses_per_output(outputs, saved_loss)
     notes: list[str] = []
-    weights = _weights_per_output(outputs, saved_weights, per_output, isinstance(saved_loss, (list, tuple)), notes)
+    leaves = len(saved_loss) if isinstance(saved_loss, (list, tuple)) else None
+    if outputs and all(name in weight_overrides for name in outputs):
+        saved_weights = None  # every weight is given: the saved ones, right or wrong, do not count
+    weights = _weights_per_output(outputs, saved_weights, per_output, _loss_form(outputs, saved_loss), notes, leaves)
     if None in loss_overrides:
         per_output = [[loss_overrides[None]] for _ in outputs]
     for index, name in enumerate(outputs):
@@ -252,29 +306,41 @@ def build_spec(
     terms: list[LossTerm] = []
     unlossed: list[str] = []
     for index, name in enumerate(outputs):
-        losses = [loss for loss in per_output[index] if loss is not None]
+        losses = [(k, loss) for k, loss in enumerate(per_output[index]) if loss is not None]
         if not losses:
             unlossed.append(name)
             continue
-        for k, identifier in enumerate(losses):
-            term_name = name if k == 0 else f"{name}_{k + 1}"
-            weight = weight_overrides.get(name, weights[index])
+        for count, (k, identifier) in enumerate(losses):
+            term_name = name if count == 0 else f"{name}_{count + 1}"
+            saved = weights[index]
+            weight = weight_overrides.get(name, saved[k] if isinstance(saved, list) else saved)
             terms.append(LossTerm(term_name, name, display_name(identifier), float(weight), identifier))
-    if not terms:
-        raise LossSpecError(
-            f"{source} has no loss to analyse (it was saved without compile() or with loss=None); "
-            f"give one with `losses={{OUTPUT: LOSS}}` for outputs: {', '.join(outputs)}"
-        )
+    if not terms and require_terms:
+        raise LossSpecError(no_loss_message(source, outputs))
     if has_regularization:
         terms.append(
             LossTerm(
                 reg_name,
                 None,
-                "model.losses",
+                REGULARIZATION_LOSS,
                 float(weight_overrides.get(reg_name, 1.0)),
             )
         )
     return LossSpec(tuple(terms), tuple(unlossed), tuple(notes))
+
+
+def no_loss_message(source: str, outputs: Sequence[str]) -> str:
+    """What to say when a model has no loss at all: none compiled, none added, no regularizer.
+
+    Example:
+        >>> no_loss_message("m.keras", ["C", "D"])[:40]
+        'm.keras has no loss to analyse (it was s'
+    """
+    return (
+        f"{source} has no loss to analyse (it was saved without compile() or with loss=None, and no layer "
+        f"adds one with add_loss); give one with `losses={{OUTPUT: LOSS}}` for outputs: "
+        f"{', '.join(outputs) or '(none)'}, or the terms of a custom training step with `loss_terms`"
+    )
 
 
 def _check_output(name: str, outputs: Sequence[str], layers: set[str], option: str) -> None:
@@ -374,6 +440,8 @@ def _losses_per_output(outputs: list[str], loss: Any) -> list[list[Any]]:
             return [[item] for item in loss]
         if n == 1:
             return [list(loss)]
+        if len(loss) < n:  # CompileLoss walks the list by index: the outputs after it get no loss
+            return [[item] for item in loss] + [[] for _ in range(n - len(loss))]
         raise LossSpecError(
             f"the saved loss list has {len(loss)} entries for {n} outputs ({', '.join(outputs)}); "
             "override with `losses={OUTPUT: LOSS}`"
@@ -390,51 +458,90 @@ def _check_saved_names(mapping: dict[Any, Any], outputs: list[str], what: str, o
         )
 
 
-def _weights_per_output(outputs: list[str], weights: Any, per_output: list[list[Any]], loss_is_list: bool,
-                        notes: list[str]) -> list[float]:
+def _loss_form(outputs: list[str], loss: Any) -> str:
+    """``list``, ``dict`` (by output name) or ``single`` (one loss for every output)."""
+    if isinstance(loss, (list, tuple)):
+        return "list"
+    if isinstance(loss, dict) and not (is_serialized_object(loss) and not set(map(str, loss)) <= set(outputs)):
+        return "dict"
+    return "single"
+
+
+def _weights_per_output(outputs: list[str], weights: Any, per_output: list[list[Any]], loss_form: str,
+                        notes: list[str], leaves: int | None = None) -> list[float | list[float]]:
+    """The saved weight of each output as ``CompileLoss.build`` packs it (a list of one weight per
+    loss where one output has several), or a refusal in Keras's words where it cannot train.
+
+    ``leaves`` is the length of a list ``loss`` (None entries count, as in Keras's tree).
+    """
     n = len(outputs)
     if weights is None:
         return [1.0] * n
-    if isinstance(weights, dict):
-        _check_saved_names(weights, outputs, "the saved loss_weights", "`loss_weights={OUTPUT: W}`")
-        values = [weights.get(name, 1.0) for name in outputs]
-        if loss_is_list and len(weights) == n:
-            # CompileLoss cannot match a dict of weights to a list of losses by name: it flattens
-            # the dict (sorted keys) and pairs the values with the losses by position.
-            keras_values = [weights[key] for key in sorted(weights)]
-            if keras_values != values:
+    count = leaves if loss_form == "list" and leaves is not None else (n if loss_form == "dict" else 1)
+    values: list[Any]
+    if isinstance(weights, dict) and loss_form == "dict":
+        # CompileLoss turns a dict loss into a list by output name, and a dict of weights with it.
+        missing = [name for name in outputs if name not in weights]
+        if missing:
+            raise LossSpecError(keras_refusal(
+                f"loss_weights has no entry for output(s) {', '.join(map(repr, missing))} of the dict loss "
+                f"(Keras raises KeyError: {missing[0]!r})"
+            ))
+        values = [weights[name] for name in outputs]  # other keys are ignored, as in Keras
+    elif isinstance(weights, (dict, list, tuple)):
+        flat = [weights[key] for key in sorted(weights)] if isinstance(weights, dict) else list(weights)
+        if len(flat) != count:
+            raise LossSpecError(keras_refusal(
+                f"Keras raises ValueError: loss_weights must match the number of losses, got {count} losses and "
+                f"{len(weights)} weights"
+            ))
+        if loss_form == "single":
+            # One loss for every output and one weight: every output gets it, whatever a dict names it.
+            if isinstance(weights, dict) and n > 1:
                 notes.append(
-                    "loss is a list but loss_weights a dict: Keras pairs the dict's values with the outputs by "
-                    "position in sorted-key order, so training uses "
-                    + ", ".join(f"{o}={w:g}" for o, w in zip(outputs, keras_values))
-                    + " (not " + ", ".join(f"{o}={w:g}" for o, w in zip(outputs, values))
-                    + "); gradviz analyses what Keras trains. Compile with a dict loss, or list weights"
+                    f"loss is one loss for every output but loss_weights a dict ({', '.join(map(str, weights))}): "
+                    f"Keras gives its one value, {flat[0]:g}, to every output; gradviz analyses what Keras trains"
                 )
-                values = keras_values
-    elif isinstance(weights, (list, tuple)):
-        flat = list(weights)
-        if len(flat) == n:
-            values = flat
+            values = [flat[0]] * n
+        elif n == 1 and count > 1:  # several losses on the one output: one weight each
+            return [[_saved_weight(outputs[0], w) for w in flat]]
         else:
-            # Keras packs the flat weights into the structure of the (non-None) losses.
-            lossed = [i for i, losses in enumerate(per_output) if any(x is not None for x in losses)]
-            if len(flat) != len(lossed):
-                raise LossSpecError(
-                    f"the saved loss_weights has {len(flat)} entries for {n} outputs "
-                    f"({', '.join(outputs)}); override with `loss_weights={{OUTPUT: W}}`"
-                )
-            values = [1.0] * n
-            for i, w in zip(lossed, flat):
-                values[i] = w
+            values = flat + [1.0] * (n - len(flat))  # a shorter list of losses leaves the last outputs unlossed
+            if isinstance(weights, dict):
+                by_name = [weights.get(name) for name in outputs]
+                if by_name != values[:len(by_name)]:
+                    # CompileLoss cannot match a dict of weights to a list of losses by name: it flattens
+                    # the dict (sorted keys) and pairs the values with the losses by position.
+                    notes.append(
+                        "loss is a list but loss_weights a dict: Keras pairs the dict's values with the outputs by "
+                        "position in sorted-key order, so training uses "
+                        + ", ".join(f"{o}={w:g}" for o, w in zip(outputs, values))
+                        + " (not " + ", ".join(f"{o}={weights[o]:g}" if o in weights else f"{o}=?" for o in outputs)
+                        + "); gradviz analyses what Keras trains. Compile with a dict loss, or list weights"
+                    )
     else:
         values = [weights] * n
-    result = []
-    for name, value in zip(outputs, values):
-        try:
-            result.append(parse_weight(str(value), f"the saved loss weight of {name}"))
-        except LossSpecError as e:
-            raise LossSpecError(f"{e} (override with `loss_weights={{{name!r}: W}}`)") from None
-    return result
+    return [_saved_weight(name, value) for name, value in zip(outputs, values)]
+
+
+def _saved_weight(name: str, value: Any) -> float:
+    try:
+        return parse_weight(str(value), f"the saved loss weight of {name}")
+    except LossSpecError as e:
+        raise LossSpecError(f"{e} (override with `loss_weights={{{name!r}: W}}`)") from None
+
+
+def keras_refusal(why: str) -> str:
+    """One line for a compile config Keras's training step refuses.
+
+    Example:
+        >>> keras_refusal("Keras raises X")[:53]
+        'the saved compile config cannot train: Keras raises X'
+    """
+    return (
+        f"the saved compile config cannot train: {why}; gradviz analyses only what Keras trains: fix compile(), "
+        "or override with `losses={OUTPUT: LOSS}` / `loss_weights={OUTPUT: W}`"
+    )
 
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")

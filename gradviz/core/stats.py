@@ -38,6 +38,10 @@ class GradientStats:
         loss_values: ``(K,)`` float64: unweighted loss values, averaged over batches.
         batches: number of batches.
         mode: ``mean-gradient`` or ``per-batch``.
+        has_regularization: the last loss is the summed regularizers.
+        loss_scale: the factor the losses were scaled by before differentiating (and the
+            gradients unscaled by after), as Keras's ``LossScaleOptimizer`` does in mixed
+            precision; None when they were not scaled.
     """
 
     loss_names: tuple[str, ...]
@@ -49,6 +53,7 @@ class GradientStats:
     batches: int
     mode: str
     has_regularization: bool = False
+    loss_scale: float | None = None
 
 
 def unpack(packed: tuple[np.ndarray, np.ndarray, np.ndarray], exists_by_loss: list[list[bool]]) -> list[Any]:
@@ -83,6 +88,7 @@ def assemble(
     batches: int,
     mode: str,
     has_regularization: bool = False,
+    loss_scale: float | None = None,
 ) -> GradientStats:
     k = len(names)
     v = len(stats)
@@ -100,7 +106,8 @@ def assemble(
         max_abs[var, present] = m
         finite[var, present] = f
     return GradientStats(
-        names, gram, exists, max_abs, finite, np.asarray(loss_values, dtype=np.float64), batches, mode, has_regularization
+        names, gram, exists, max_abs, finite, np.asarray(loss_values, dtype=np.float64), batches, mode, has_regularization,
+        loss_scale,
     )
 
 

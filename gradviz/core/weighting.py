@@ -310,7 +310,9 @@ class Suggestion:
         unbalanced: losses kept at their weight, with the reason.
         notes: what the user should know (why there is no suggestion, limits).
         alternatives: other schemes' starting weights (``initial-loss``, ``uncertainty``).
-        outputs: the losses that belong in Keras's ``loss_weights`` (not ``regularization``).
+        outputs: the losses balanced (all but ``regularization``).
+        compiled: those of them ``compile()`` weighs (what ``loss_weights`` names); None: all of
+            ``outputs``. An ``add_loss`` or ``loss_terms`` loss is weighted where it is computed.
     """
 
     weights: dict[str, float] | None
@@ -320,6 +322,7 @@ class Suggestion:
     notes: tuple[str, ...] = ()
     alternatives: tuple[Alternative, ...] = ()
     outputs: tuple[str, ...] = ()
+    compiled: tuple[str, ...] | None = None
 
     @property
     def loss_weights_line(self) -> str | None:
@@ -329,9 +332,10 @@ class Suggestion:
             >>> Suggestion({"C": 0.25, "D": 0.55}, "B", outputs=("C", "D")).loss_weights_line
             'loss_weights={"C": 0.25, "D": 0.55}'
         """
-        if self.weights is None:
+        names = self.outputs if self.compiled is None else self.compiled
+        if self.weights is None or not names:
             return None
-        items = ", ".join(f"{json.dumps(k)}: {self.weights[k]:.4g}" for k in self.outputs)
+        items = ", ".join(f"{json.dumps(k)}: {self.weights[k]:.4g}" for k in names)
         return f"loss_weights={{{items}}}"
 
     @property
@@ -395,7 +399,8 @@ def suggest(report: Report, reference: str | None = None) -> Suggestion:
         LossSpecError: ``reference`` is not a shared layer.
     """
     current = {l.name: l.weight for l in report.losses}
-    outputs = tuple(t.name for t in report.spec.output_terms)
+    outputs = tuple(t.name for t in report.spec.terms if not t.is_regularization)
+    compiled = tuple(t.name for t in report.spec.output_terms)
     values = {l.name: l.value for l in report.losses}
     shared = [info for info in report.layers if info.status == "shared"]
     alternatives = _alternatives(current, outputs, values)
@@ -404,7 +409,7 @@ def suggest(report: Report, reference: str | None = None) -> Suggestion:
             None, None,
             notes=("no layer is shared by two losses (the model has no trunk): each loss trains its own "
                    "layers, so there is no gradient to balance",),
-            alternatives=alternatives, outputs=outputs,
+            alternatives=alternatives, outputs=outputs, compiled=compiled,
         )
     if reference is None:
         ref = shared[-1]
@@ -438,7 +443,7 @@ def suggest(report: Report, reference: str | None = None) -> Suggestion:
         notes.append(
             f"fewer than two losses have a usable gradient on {_where(ref_name)}: nothing to balance"
         )
-        return Suggestion(None, ref_name, None, unbalanced, tuple(notes), alternatives, outputs)
+        return Suggestion(None, ref_name, None, unbalanced, tuple(notes), alternatives, outputs, compiled)
     total = sum(current[k] for k in norms)
     if total <= 0:
         total = float(len(norms))
@@ -453,7 +458,13 @@ def suggest(report: Report, reference: str | None = None) -> Suggestion:
     if report.meta.get("data") == "synthetic":
         notes.append("computed on synthetic data: gradient sizes depend on the data, pass --data for real ones")
     notes.append("balances the start of training only: gradient sizes change as the model trains")
-    return Suggestion(weights, ref_name, common, unbalanced, tuple(notes), alternatives, outputs)
+    coded = [k for k in norms if k not in compiled]
+    if coded:
+        notes.append(
+            f"{', '.join(coded)} {'is' if len(coded) == 1 else 'are'} not weighted by compile() (add_loss or a "
+            "custom training step's term): multiply by the weight where the loss is computed"
+        )
+    return Suggestion(weights, ref_name, common, unbalanced, tuple(notes), alternatives, outputs, compiled)
 
 
 def _where(ref_name: str) -> str:
@@ -461,6 +472,8 @@ def _where(ref_name: str) -> str:
 
 
 def _alternatives(current: Mapping[str, float], outputs: Sequence[str], values: Mapping[str, float]) -> tuple[Alternative, ...]:
+    if not outputs:  # only regularization: nothing to weigh
+        return ()
     total = sum(current[k] for k in outputs)
     if total <= 0:
         total = float(len(outputs))

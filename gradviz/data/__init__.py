@@ -8,6 +8,7 @@ from gradviz.data.arrays import (
     check_counts,
     is_mask,
     load_npz,
+    load_npz_loose,
     synthetic,
 )
 from gradviz.data.batches import Batch, BatchSource
@@ -15,5 +16,5 @@ from gradviz.data.fit import FitData, Layout, fit_data, load_saved_dataset
 
 __all__ = [
     "GUESSED_IDS", "UNKNOWN_DIM", "Batch", "BatchSource", "Data", "FitData", "Layout", "TensorInfo", "check_counts",
-    "fit_data", "is_mask", "load_npz", "load_saved_dataset", "synthetic",
+    "fit_data", "is_mask", "load_npz", "load_npz_loose", "load_saved_dataset", "synthetic",
 ]

@@ -268,6 +268,62 @@ def load_npz(
     )
 
 
+def load_npz_loose(path: str | Path, *, batch_size: int, batches: int, input_names: Sequence[str] = ()) -> Data:
+    """Read a ``.npz`` file whose arrays gradviz cannot check against the model.
+
+    For a model whose inputs are unknown (a subclassed model never called), and for a
+    ``loss_terms`` function, which takes whatever targets the file holds. Inputs are
+    ``x`` or the ``x:<name>`` keys (in the order of ``input_names`` when the model's
+    inputs are known, else in name order); targets ``y`` or ``y:<name>`` (none is
+    fine). Rows, numbers and finiteness are checked; shapes are the model's business.
+
+    Raises:
+        DataError: not an ``.npz`` file, no inputs, too few rows, non-numeric or NaN/Inf values.
+    """
+    check_counts(batch_size, batches)
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"no such data file: {file} (expected an .npz file)")
+    if file.suffix != ".npz" or not zipfile.is_zipfile(file):
+        raise DataError(f"{file} is not an .npz file; save one with numpy.savez(path, x=..., y=...)")
+    rows_needed = batch_size * batches
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            keys = sorted(archive.files)
+            x_keys = ["x"] if "x" in keys else [k for k in keys if k.startswith("x:")]
+            if input_names and not (len(input_names) == 1 and "x" in keys):
+                x_keys = [f"x:{name}" for name in input_names]  # the model's input order
+                missing = [k for k in x_keys if k not in keys]
+                if missing:
+                    raise DataError(f"{file} has no key {', '.join(map(repr, missing))}; expected keys: "
+                                    f"{', '.join(x_keys)}; keys found: {', '.join(keys) or 'none'}")
+            y_keys = ["y"] if "y" in keys else [k for k in keys if k.startswith("y:")]
+            if not x_keys:
+                raise DataError(f"{file} has no inputs: expected a key 'x' or 'x:<input name>'; keys found: "
+                                f"{', '.join(keys) or 'none'}")
+            arrays = {k: np.asarray(archive[k]) for k in x_keys + y_keys}
+    except DataError:
+        raise
+    except ValueError as e:  # object arrays need pickle, which could run code: refused
+        raise DataError(f"{file}: holds Python objects, which gradviz does not unpickle; save numeric arrays") from e
+    except Exception as e:  # numpy raises OSError/zipfile errors for broken files
+        raise DataError(f"{file} cannot be read as .npz: {type(e).__name__}: {e}") from e
+    for key, array in arrays.items():
+        if array.ndim == 0 or array.dtype.kind not in "biuf":
+            raise DataError(f"{file}: '{key}' must be an array of numbers with one row per example")
+        if array.shape[0] < rows_needed:
+            raise DataError(
+                f"{file}: '{key}' has {array.shape[0]} rows, fewer than --batch-size {batch_size} "
+                f"x --batches {batches} = {rows_needed}"
+            )
+        _check_values(file, key, array, None)
+    # floats as Keras's fit() feeds them (its data adapters cast them to floatx, float32)
+    arrays = {k: a.astype("float32") if a.dtype.kind == "f" and a.dtype != np.float32 else a for k, a in arrays.items()}
+    xs = tuple(arrays[k][:rows_needed] for k in x_keys)
+    ys = {("y" if k == "y" else k[2:]): arrays[k][:rows_needed] for k in y_keys}
+    return Data(xs, ys, batch_size, batches, False)
+
+
 def _keys(prefix: str, infos: Sequence[TensorInfo]) -> list[list[str]]:
     """Acceptable keys per tensor: ``x:<name>``, and plain ``x`` when there is only one."""
     return [[f"{prefix}:{info.name}"] + ([prefix] if len(infos) == 1 else []) for info in infos]

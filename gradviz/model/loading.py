@@ -41,6 +41,8 @@ class LoadedModel:
         loss_weights: the ``loss_weights`` argument, or None.
         source: the file the model came from, or None for an in-memory model.
         custom_objects: names resolved from ``--custom-objects``.
+        loss_scale: the factor Keras's training step scales the loss by before
+            differentiating (mixed precision, :func:`keras_loss_scale`), or None.
     """
 
     model: keras.Model
@@ -48,6 +50,7 @@ class LoadedModel:
     loss_weights: Any = None
     source: str | None = None
     custom_objects: dict[str, Any] = field(default_factory=dict)
+    loss_scale: float | None = None
 
 
 def import_custom_objects(path: str | Path) -> dict[str, Any]:
@@ -181,6 +184,53 @@ def match_registered_names(custom_objects: dict[str, Any], names: dict[str, str]
     return matched
 
 
+def import_loss_terms(text: str) -> Any:
+    """Import ``FILE.py:FUNCTION``: the function returning a custom training step's loss terms.
+
+    The file is imported (its top-level code runs, as with ``--custom-objects``).
+
+    Example:
+        >>> import_loss_terms("terms.py")
+        Traceback (most recent call last):
+        ...
+        gradviz.errors.LossSpecError: --loss-terms expects FILE.py:FUNCTION, got 'terms.py'
+
+    Raises:
+        LossSpecError: the text is not ``FILE.py:FUNCTION``, or the file has no such function.
+        ModelLoadError: the file is missing or fails to import.
+    """
+    from gradviz.errors import LossSpecError
+
+    path, sep, name = text.rpartition(":")
+    if not sep or not path or not name.isidentifier():
+        raise LossSpecError(f"--loss-terms expects FILE.py:FUNCTION, got {text!r}")
+    file = Path(path)
+    if not file.is_file():
+        raise ModelLoadError(f"loss terms file not found: {file} (expected a .py file)")
+    if file.suffix != ".py":
+        raise ModelLoadError(f"loss terms file must be a Python file (.py): {file}")
+    module_name = f"gradviz_loss_terms_{abs(hash(str(file.resolve())))}"
+    module = sys.modules.get(module_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(module_name, file)
+        if spec is None or spec.loader is None:
+            raise ModelLoadError(f"cannot import loss terms file: {file}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[module_name]
+            raise ModelLoadError(f"loss terms file {file} failed to import: {type(e).__name__}: {e}") from e
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        functions = sorted(k for k, v in vars(module).items() if inspect.isfunction(v) and not k.startswith("_"))
+        raise LossSpecError(
+            f"--loss-terms: {file} defines no function {name!r}; functions there: {', '.join(functions) or 'none'}"
+        )
+    return fn
+
+
 def from_model(model: Any) -> LoadedModel:
     """Wrap an in-memory Keras model, reading the losses it was compiled with.
 
@@ -194,9 +244,53 @@ def from_model(model: Any) -> LoadedModel:
             f"expected a keras.Model or a path to a .keras/.h5 file, got {type(model).__name__}"
         )
     config = getattr(getattr(model, "_compile_config", None), "config", None)
-    if getattr(model, "compiled", False) and isinstance(config, dict):
-        return LoadedModel(model, config.get("loss"), config.get("loss_weights"))
-    return LoadedModel(model)
+    compiled = getattr(model, "compiled", False)
+    scale = keras_loss_scale(model, getattr(model, "optimizer", None) if compiled else None, compiled=compiled)
+    if compiled and isinstance(config, dict):
+        return LoadedModel(model, config.get("loss"), config.get("loss_weights"), loss_scale=scale)
+    return LoadedModel(model, loss_scale=scale)
+
+
+#: what ``LossScaleOptimizer`` starts from (``keras/src/optimizers/loss_scale_optimizer.py``)
+DEFAULT_LOSS_SCALE = 2.0**15
+
+
+def keras_loss_scale(model: Any, optimizer: Any, *, compiled: bool) -> float | None:
+    """The factor Keras's training step multiplies the loss by before differentiating.
+
+    ``compile()`` wraps the optimizer in a ``LossScaleOptimizer`` when the model's dtype
+    policy is ``mixed_float16`` (unless ``auto_scale_loss=False``), which scales the loss
+    by its dynamic scale (``2**15`` at first) and divides the gradients by it, so that
+    small float16 gradients do not underflow. An optimizer's ``loss_scale_factor`` does the
+    same with a fixed factor.
+
+    Args:
+        model: the model.
+        optimizer: its optimizer: a live one, a serialized config (a file's compile
+            config), or None.
+        compiled: whether the model is a compiled in-memory model (its optimizer is then
+            exactly what training uses, wrapped or not); a file or an uncompiled model is
+            judged by what ``compile()`` would make of it.
+
+    Returns:
+        The scale, or None when training does not scale the loss.
+    """
+    import keras
+
+    mixed = str(getattr(getattr(model, "dtype_policy", None), "name", "")) == "mixed_float16"
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        built = getattr(optimizer, "built", False)
+        return float(optimizer.dynamic_scale.numpy()) if built else float(optimizer.initial_scale)
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        factor = getattr(optimizer, "loss_scale_factor", None)
+        return float(factor) if factor else None  # compile() kept it unwrapped (auto_scale_loss=False)
+    if isinstance(optimizer, dict):  # a saved config: compile() will wrap it again
+        config: dict[str, Any] = optimizer["config"] if isinstance(optimizer.get("config"), dict) else {}
+        if optimizer.get("class_name") == "LossScaleOptimizer":
+            return float(config.get("initial_scale", DEFAULT_LOSS_SCALE))
+        if config.get("loss_scale_factor"):
+            return float(config["loss_scale_factor"])
+    return DEFAULT_LOSS_SCALE if mixed and not compiled else None
 
 
 def load_model(
@@ -244,6 +338,7 @@ def load_model(
         compile_config.get("loss_weights"),
         str(file),
         custom_objects,
+        keras_loss_scale(model, compile_config.get("optimizer"), compiled=False),
     )
 
 

@@ -13,11 +13,16 @@ weights and one gradient. Its calls are kept apart for drawing: node attribute
 call of each end an edge joins), present only on reused nodes and their
 edges. Nested functional and Sequential models
 are expanded; their layers are named ``<model>/<layer>`` and carry the nested
-model in ``parent``. Subclassed models cannot be walked and stay one node.
+model in ``parent``. Subclassed models used as layers cannot be walked and stay
+one node. A top-level subclassed model is walked through a functional view of
+its ``call()``, traced on symbolic inputs made from its build shapes
+(:func:`functional_view`); when that fails, its layers are listed unconnected
+(functional sub-models expanded) and the topology says what is missing.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
@@ -70,6 +75,11 @@ def output_names(model: keras.Model) -> list[str]:
     operation gives several outputs (``ops.split``): repeats get ``_1``, ``_2``
     so that every output keeps its own loss.
     """
+    if _functional_of(model) is None:
+        view, _ = functional_view(model)
+        if view is not None:
+            return output_names(view)
+        return _spec_output_names(model)
     struct = getattr(model, "_outputs_struct", None)
     if isinstance(struct, dict) and struct:
         names = [str(k) for k in sorted(struct)]
@@ -105,6 +115,12 @@ def unique_names(names: list[str]) -> list[str]:
 
 def output_tensors(model: keras.Model) -> list[Any]:
     """The model's symbolic outputs, in ``output_names`` order."""
+    if _functional_of(model) is None:
+        view, _ = functional_view(model)
+        if view is not None:
+            return output_tensors(view)
+        spec = _output_spec(model)
+        return _flat(spec) if spec is not None else []
     outputs = getattr(model, "outputs", None) or []
     if isinstance(outputs, dict):
         return [outputs[k] for k in outputs]
@@ -117,13 +133,32 @@ def build_topology(model: keras.Model) -> Topology:
     Raises:
         ModelLoadError: the model has not been built (no known inputs).
     """
+    return build_topology_and_sources(model)[0]
+
+
+def build_topology_and_sources(model: keras.Model) -> tuple[Topology, dict[int, str]]:
+    """:func:`build_topology`, and the graph node that stands for each layer object.
+
+    The second value maps ``id(layer)`` to a node name for every layer of the model
+    (the model itself included when a node stands for it): its own node, or the node
+    of the nearest enclosing layer that has one (a layer inside a subclassed layer).
+    It names the losses a layer adds with ``add_loss``.
+
+    Raises:
+        ModelLoadError: the model has not been built (no known inputs).
+    """
     walker = _Walker()
     names = output_names(model)
+    view, missing = (None, "") if _functional_of(model) is not None else functional_view(model)
     if _functional_of(model) is not None:
         inputs, produced = walker.walk_functional(model, prefix="", scope="", sources=None)
-    elif getattr(model, "built", False) and hasattr(model, "layers"):
+    elif view is not None:
+        inputs, produced = walker.walk_functional(view, prefix="", scope="", sources=None)
+        walker.add_unwalked_children(model)
+    elif hasattr(model, "layers") and (getattr(model, "built", False) or model.trainable_variables):
         inputs, outputs = walker.walk_opaque_children(model, len(names))
         produced = [(name, 1) for name in outputs]
+        walker.missing = f"model '{model.name}' is subclassed and {missing}"
     else:
         raise ModelLoadError("the model is not built: call it on data or give it an Input before saving")
     output_map = {name: produced[i][0] for i, name in enumerate(names) if i < len(produced)}
@@ -136,16 +171,191 @@ def build_topology(model: keras.Model) -> Topology:
         ordered = sorted(walker.graph, key=walker.discovery.__getitem__)
     order = {n: i for i, n in enumerate(ordered)}
     nx.set_node_attributes(walker.graph, order, "order")
-    return Topology(walker.graph, output_map, inputs, variables, walker.complete, output_calls)
-
-
+    topology = Topology(walker.graph, output_map, inputs, variables, walker.complete, output_calls, walker.missing)
+    return topology, walker.source_names(model)
 
 
 def input_names(model: keras.Model) -> list[str]:
     """The names of the model's inputs, in order."""
-    functional = _functional_of(model) or model
-    tensors = _flat(getattr(functional, "inputs", None) or [])
-    return [_input_name(t, i) for i, t in enumerate(tensors)]
+    return [_input_name(t, i) for i, t in enumerate(input_tensors(model))]
+
+
+def input_tensors(model: keras.Model) -> list[Any]:
+    """The model's symbolic inputs, flat and in order.
+
+    A subclassed model has none of its own: they are those of its functional view, or
+    made from the shapes it was built with; empty when neither is known.
+    """
+    functional = _functional_of(model)
+    if functional is not None:
+        return _flat(getattr(functional, "inputs", None) or [])
+    view, _ = functional_view(model)
+    if view is not None:
+        return _flat(view.inputs)
+    made = _symbolic_inputs(model)
+    return _flat(made) if made is not None else []
+
+
+def output_structure(model: keras.Model) -> Any:
+    """The structure of what calling the model returns, with output names as leaves.
+
+    A name (one output), a list or tuple of names, or a dict ``{key: name}``: what
+    ``compile()``'s loss config is matched against. None when it cannot be known.
+    """
+    names = output_names(model)
+    if _functional_of(model) is not None:
+        struct = getattr(_functional_of(model), "_outputs_struct", None)
+    else:
+        view, _ = functional_view(model)
+        struct = getattr(view, "_outputs_struct", None) if view is not None else _output_spec(model)
+    if struct is None or not names:
+        return None
+    if isinstance(struct, dict):
+        return {k: k for k in struct}
+    if isinstance(struct, (list, tuple)):
+        return type(struct)(names[: len(struct)])
+    return names[0]
+
+
+def is_subclassed(model: Any) -> bool:
+    """Whether ``model`` is a model whose graph is its ``call()`` code (no functional graph of its own)."""
+    return _functional_of(model) is None
+
+
+# -- subclassed models: a functional view of call() --------------------------------
+
+#: model -> (its functional view or None, why there is none); traced once per model
+_VIEWS: weakref.WeakKeyDictionary[Any, tuple[Any, str]] = weakref.WeakKeyDictionary()
+_INPUTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_SPECS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def functional_view(model: keras.Model) -> tuple[Any, str]:
+    """A functional model with the same layers as subclassed ``model``, traced from its ``call()``.
+
+    ``call()`` runs once on symbolic inputs shaped as the model was built (its build
+    config, which a ``.keras`` file keeps); its layers record the graph, which becomes a
+    functional model to walk. This works when ``call()`` is made of layer calls and
+    ``keras.ops`` (the usual case); Python branching on tensor values, backend-specific
+    ops or a model never built make it fail. Nothing of the model is changed: the nodes
+    the trace records and the names it uses are undone.
+
+    Returns:
+        ``(view, "")``, or ``(None, why)`` when ``call()`` cannot be traced.
+    """
+    if model in _VIEWS:
+        return _VIEWS[model]
+    from gradviz.model import keras_internals as internals
+
+    inputs = _symbolic_inputs(model)
+    if not _has_own_call(model):
+        result: tuple[Any, str] = (
+            None, "has no call() of its own (its training step calls its sub-models): only its layers are drawn, "
+            "unconnected; reach comes from the gradients",
+        )
+    elif inputs is None:
+        result = (
+            None, "its input shape is unknown (Keras records it when it builds a model whose call() it can trace; "
+            "this one was never called, or not traceable), so its call() cannot be traced: only its layers are "
+            "drawn, unconnected; reach comes from the gradients",
+        )
+    else:
+        import keras
+
+        try:
+            with internals.symbolic_calls_undone(model), _own_add_loss_ignored(model):
+                outputs = internals.call_on_symbolic(model, inputs)
+                view = keras.Model(inputs, outputs, name=model.name)
+            result = (view, "")
+        except Exception as e:  # anything call() may raise on symbolic tensors
+            text = " ".join(str(e).split()).split(". ")[0]  # Keras's first sentence says what failed
+            text = text[:160] + ("..." if len(text) > 160 else "")
+            result = (
+                None, f"its call() cannot run on symbolic inputs ({type(e).__name__}: {text}): only its layers are "
+                "drawn, unconnected; paths between them are unknown, reach comes from the gradients",
+            )
+    _VIEWS[model] = result
+    return result
+
+
+def _has_own_call(model: Any) -> bool:
+    import keras
+
+    return getattr(type(model), "call", None) is not getattr(keras.Model, "call", None)
+
+
+def _symbolic_inputs(model: Any) -> Any:
+    """``keras.Input``s shaped as the model was built (named after ``call()``'s argument), or None."""
+    if model in _INPUTS:
+        return _INPUTS[model]
+    from gradviz.model import keras_internals as internals
+
+    shapes = internals.build_input_shapes(model)
+    arg = internals.call_argument_name(model)
+    made: Any = None
+    if shapes is not None:
+        import keras
+
+        with internals.symbolic_calls_undone(model):
+            if _is_shape(shapes):
+                made = keras.Input(tuple(shapes[1:]), name=arg)
+            elif isinstance(shapes, dict) and all(_is_shape(v) for v in shapes.values()):
+                made = {str(k): keras.Input(tuple(v[1:]), name=str(k)) for k, v in shapes.items()}
+            elif isinstance(shapes, (list, tuple)) and all(_is_shape(v) for v in shapes):
+                made = [keras.Input(tuple(v[1:]), name=f"{arg}_{i}") for i, v in enumerate(shapes)]
+    _INPUTS[model] = made
+    return made
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(d is None or isinstance(d, int) for d in value) and len(value) > 0
+
+
+def _output_spec(model: Any) -> Any:
+    """What calling the model returns, as symbolic tensors (``compute_output_spec``), or None."""
+    if model in _SPECS:
+        return _SPECS[model]
+    from gradviz.model import keras_internals as internals
+
+    inputs = _symbolic_inputs(model)
+    spec = None
+    if inputs is not None:
+        try:
+            with internals.symbolic_calls_undone(model), _own_add_loss_ignored(model):
+                spec = model.compute_output_spec(inputs)
+        except Exception:  # call() cannot even run in a graph: the outputs stay unknown
+            spec = None
+    _SPECS[model] = spec
+    return spec
+
+
+def _spec_output_names(model: Any) -> list[str]:
+    """Output names of a model that can only be called: dict keys, ``output_0``, ... or ``output``."""
+    spec = _output_spec(model)
+    if spec is None:
+        return []
+    if isinstance(spec, dict):
+        return [str(k) for k in sorted(spec)]
+    if isinstance(spec, (list, tuple)):
+        return [f"output_{i}" for i in range(len(_flat(spec)))]
+    return ["output"]
+
+
+class _own_add_loss_ignored:
+    """While ``call()`` runs on symbolic tensors, the model's own ``add_loss`` (which takes
+    only real tensors) does nothing; the losses themselves are found when the model runs."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        object.__setattr__(self.model, "add_loss", lambda *args, **kwargs: None)
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            object.__delattr__(self.model, "add_loss")
+        except AttributeError:  # pragma: no cover - set in __enter__
+            pass
 
 
 # -- internals ---------------------------------------------------------------
@@ -213,6 +423,7 @@ class _Walker:
         self.complete = True
         self.call_scopes: dict[str, list[str]] = {}  # node name -> the scope of each of its calls
         self.model_calls: dict[str, int] = {}  # nested model prefix -> how often it has been expanded
+        self.missing = ""  # what a graph that is not complete lacks, in words
 
     def add_node(self, name: str, op: Any, kind: str, parent: str, output: Any) -> str:
         if name in self.graph:
@@ -316,12 +527,42 @@ class _Walker:
         return inputs, outputs
 
     def walk_opaque_children(self, model: Any, n_outputs: int) -> tuple[dict[str, str], list[str]]:
-        """A model whose call() is Python code: its layers, unconnected, and one call node."""
+        """A model whose call() is Python code: its layers, unconnected, and one call node.
+
+        Functional sub-models (a VAE's encoder and decoder) are expanded: their own graphs are known.
+        """
         self.complete = False
         for layer in getattr(model, "layers", []):
-            self.add_node(layer.name, layer, "layer", "", None)
+            if _functional_of(layer) is not None:
+                self.walk_functional(layer, prefix=f"{layer.name}/", scope=f"{layer.name}/", sources=None)
+            else:
+                self.add_node(layer.name, layer, "layer", "", None)
+        if not n_outputs:  # no known output to hang losses from (a VAE without call(), analysed by loss_terms)
+            return {}, []
         call = self.add_node(f"{model.name}.call", model, "model", "", None)
         return {}, [call] * n_outputs
+
+    def add_unwalked_children(self, model: Any) -> None:
+        """The model's layers its traced call() did not use: unconnected nodes, so their weights have an owner."""
+        for layer in getattr(model, "layers", []):
+            if id(layer) not in self.owner and getattr(layer, "trainable_variables", None):
+                self.add_node(layer.name, layer, "layer", "", None)
+
+    def source_names(self, model: Any) -> dict[int, str]:
+        """``id(layer)`` -> the node standing for it (its own, or its nearest walked ancestor's)."""
+        from gradviz.model.keras_internals import sublayers
+
+        names: dict[int, str] = {}
+        stack: list[tuple[Any, str | None]] = [(model, None)]
+        while stack:
+            layer, inherited = stack.pop()
+            if id(layer) in names:
+                continue
+            name = self.owner.get(id(layer), inherited)
+            if name is not None:
+                names[id(layer)] = name
+            stack.extend((child, name) for child in reversed(sublayers(layer)))
+        return names
 
     def assign_variables(self, model: Any) -> tuple[VariableInfo, ...]:
         """Map every trainable variable to the first node whose layer owns it."""

@@ -253,7 +253,7 @@ def _view(report: Report, options: RenderOptions) -> _View:
             box.output_shape = graph.nodes[box.members[-1]].get("output_shape", "")
     for loss in report.losses:
         node_id = loss_node(loss.name, graph)
-        if loss.output is not None and node_id in graph:
+        if loss.source != "regularization" and node_id in graph:
             rep[node_id] = node_id
             boxes[node_id] = _Box(node_id, "loss", "loss", "", None, [loss.name])
     if call_rep:
@@ -636,7 +636,7 @@ def _legend(report: Report, options: RenderOptions, shown: set[str]) -> str:
     rows = [f'<TD COLSPAN="2" ALIGN="LEFT"><B>{_h(report.model_name)}</B>: gradient flow of '
             f'{count} loss{"" if count == 1 else "es"}</TD>']
     for loss in report.losses:
-        if loss.output is None:
+        if loss.source == "regularization":
             what = (f"{loss.name} · {loss.loss} · weight {loss.weight:g} · loss {fmt(loss.value)} "
                     "(not drawn as a fill)")
         else:

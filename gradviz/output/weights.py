@@ -145,7 +145,8 @@ def summary(what_if: WhatIf, *, width: int = 120, color: bool = False) -> str:
                 f"[bold]Suggested weights[/bold] (every loss's weighted gradient norm on {where} = "
                 f"{fmt(suggestion.balanced_grad_norm)}; same total weight as now):"
             )
-            console.print(f"  {suggestion.loss_weights_line}", soft_wrap=True)
+            if suggestion.loss_weights_line:  # None when no loss is compile()'s
+                console.print(f"  {suggestion.loss_weights_line}", soft_wrap=True)
             console.print(f"  gradviz inspect {source} {suggestion.cli_options}", soft_wrap=True)
             for loss, reason in suggestion.unbalanced.items():
                 console.print(f"  not balanced: {loss}: {reason} (kept at {suggestion.weights[loss]:g})")

@@ -17,19 +17,23 @@ reduction and each variable's K gradients are freed as soon as they are reduced.
 those copies would be large.
 
 A gradient that does not exist (no differentiable path: TensorFlow returns None) is
-kept apart from one that is zero, as in the compiled pass.
+kept apart from one that is zero, as in the compiled pass. The losses the model adds itself
+(endpoint layers' ``add_loss``, regularizers) or a ``loss_terms`` function's terms, and the
+mixed-precision loss scale (:mod:`~gradviz.backends.tensorflow.loss_scale`), are handled as
+there too.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from gradviz.backends.tensorflow.distribution import single_device
 from gradviz.backends.tensorflow.forward import loss_values
+from gradviz.backends.tensorflow.loss_scale import replayable, run_scaled
 from gradviz.backends.tensorflow.reduce import GRAM_CHUNK, gram_stats
-from gradviz.core.spec import regularization_name
+from gradviz.core.spec import LossTerm
 from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble
 from gradviz.data import BatchSource
 from gradviz.model.randomness import GlobalSeedGenerator, find_random_state, seeded_state
@@ -50,6 +54,11 @@ class EagerPass:
         output_names: the model's outputs, in order.
         training: call the model with ``training=True`` (dropout, batch statistics).
         mode: ``mean-gradient`` or ``per-batch`` (see :mod:`gradviz.core.stats`).
+        source_names: ``id(layer)`` -> the graph node that names the losses the layer adds.
+        loss_terms: ``fn(model, x, y) -> {name: scalar}``, the terms of a custom training
+            step; they replace the compiled and added losses.
+        loss_scale: scale each loss by this before differentiating and the gradients back
+            after (mixed precision, as Keras's ``LossScaleOptimizer``); None: no scaling.
 
     Raises:
         DataError: unknown mode.
@@ -66,6 +75,9 @@ class EagerPass:
         *,
         training: bool = True,
         mode: str = MEAN_GRADIENT,
+        source_names: Mapping[int, str] | None = None,
+        loss_terms: Callable[..., Any] | None = None,
+        loss_scale: float | None = None,
     ) -> None:
         if mode not in BATCH_MODES:
             raise DataError(f"unknown batch mode {mode!r}; valid: {', '.join(BATCH_MODES)}")
@@ -80,6 +92,12 @@ class EagerPass:
         self.random_state = find_random_state(model)
         #: stands in for Keras's global SeedGenerator (unseeded keras.random calls) while the model runs
         self.global_seed = GlobalSeedGenerator()
+        self.source_names = dict(source_names or {})
+        self.loss_terms = loss_terms
+        #: the mixed-precision loss scale to start from; run() lowers it where gradients overflow (as Keras does)
+        self.loss_scale = loss_scale
+        #: the losses found in the last forward pass, after the resolved output losses (see the compiled pass)
+        self.found_terms: tuple[LossTerm, ...] = ()
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -91,9 +109,10 @@ class EagerPass:
         return 0
 
     def gradients(
-        self, x: list[Any], ys: dict[str, Any], state: list[Any], sample_weights: dict[str, Any] | None = None
+        self, x: list[Any], ys: dict[str, Any], state: list[Any], sample_weights: dict[str, Any] | None = None,
+        scale: float = 1.0,
     ) -> tuple[Any, list[list[Any]], Any, bool]:
-        """One forward pass and one backward pass per loss, eagerly.
+        """One forward pass and one backward pass per loss (of the loss times ``scale``), eagerly.
 
         Each loss is called with its output's ``sample_weights`` as Keras's ``CompileLoss`` calls it
         (:func:`~gradviz.backends.tensorflow.forward.loss_values`, as in the compiled pass).
@@ -107,16 +126,20 @@ class EagerPass:
         weights = [tf.convert_to_tensor(v) for v in self.variables]
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(weights)
-            values, new_state, regularization = loss_values(
-                self.model, weights, state, x, ys, self.losses, self.output_names, self.training, sample_weights
+            forward = loss_values(
+                self.model, weights, state, x, ys, self.losses, self.output_names, self.training, sample_weights,
+                source_names=self.source_names, loss_terms=self.loss_terms,
             )
+            # Mixed precision: differentiate the scaled losses, as the compiled pass does
+            differentiated = forward.values if scale == 1.0 else [v * scale for v in forward.values]
+        self.found_terms = forward.found
         dense = [
             [None if g is None else tf.convert_to_tensor(g)
              for g in tape.gradient(v, weights, unconnected_gradients=tf.UnconnectedGradients.NONE)]
-            for v in values
+            for v in differentiated
         ]
         del tape  # the forward activations: gone before the reduction needs room
-        return tf.stack(values), dense, new_state, regularization
+        return tf.stack(forward.values), dense, forward.new_state, forward.regularization
 
     @single_device  # under a tf.distribute scope: the whole data on one device, losses unscaled
     def run(self, data: BatchSource, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
@@ -128,6 +151,26 @@ class EagerPass:
             LossSpecError: a loss fails on the model's outputs.
             DataError: the data does not fit the model.
         """
+        source = replayable(data, self.loss_scale)  # a lower scale reruns the same batches
+
+        def run_at(scale: float, progress: Progress | None) -> tuple[Any, ...]:
+            return self._run_batches(source, progress, seed, scale)
+
+        (loss_sum, stat_sums, divide, exists, regularization), scale = run_scaled(
+            run_at, self.loss_scale, lambda r: all(s is None or bool(s[2].all()) for s in r[1]),
+            lambda r: bool(np.isfinite(r[0]).all()), progress,
+        )
+        if scale is not None:  # the gradients of the scaled losses, unscaled (in float64)
+            stat_sums = [None if s is None else (s[0] / scale**2, s[1] / scale, s[2]) for s in stat_sums]
+        names = tuple(loss.name for loss in self.losses) + tuple(t.name for t in self.found_terms)
+        return assemble(names, exists, stat_sums, loss_sum / data.batches, divide, data.batches, self.mode,
+                        regularization, scale)
+
+    def _run_batches(
+        self, data: BatchSource, progress: Progress | None, seed: int | None, scale: float
+    ) -> tuple[np.ndarray, list[Any], float, list[list[bool]], bool]:
+        """Every batch, the random state from ``seed`` and the losses scaled by ``scale``: summed loss
+        values, (scaled) statistics per variable, their divisor, which gradients exist, regularization."""
         import tensorflow as tf
 
         from gradviz.backends.tensorflow.gradient_pass import _closing, _explain, _inputs_text
@@ -151,7 +194,7 @@ class EagerPass:
                 weights = {k: tf.convert_to_tensor(v) for k, v in batch.sample_weight.items()}
                 try:
                     with self.global_seed.active():
-                        values, dense, state, regularization = self.gradients(x, y, state, weights)
+                        values, dense, state, regularization = self.gradients(x, y, state, weights, scale)
                 except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
                     raise _explain(e, _inputs_text(self.model, batch.x), data.guessed) from e
                 exists = [[g is not None for g in per_loss] for per_loss in dense]
@@ -181,11 +224,8 @@ class EagerPass:
             divide = 1.0
         else:
             divide = float(data.batches)
-        output_names = [loss.name for loss in self.losses]
-        names = tuple(output_names) + ((regularization_name(output_names),) if regularization else ())
         assert loss_sum is not None and stat_sums is not None
-        return assemble(names, exists, stat_sums, loss_sum / data.batches, divide, data.batches, self.mode,
-                        regularization)
+        return loss_sum, stat_sums, divide, exists, regularization
 
 
 def reduce_eagerly(dense: list[list[Any]]) -> list[Any]:
@@ -227,7 +267,8 @@ def _variable_stats(present: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndar
         return gram.numpy(), max_abs.numpy(), finite_tf.numpy()
     flat = np.stack([np.asarray(g).reshape(-1).astype(np.float64) for g in present])
     finite = np.asarray(np.isfinite(flat).all(axis=1))
-    return flat @ flat.T, np.abs(flat).max(axis=1, initial=-np.inf), finite
+    with np.errstate(invalid="ignore", over="ignore"):  # overflowed gradients (a loss scale backing off): NaN, flagged
+        return flat @ flat.T, np.abs(flat).max(axis=1, initial=-np.inf), finite
 
 
 #: gradients whose largest entry lies within [2^-SAFE, 2^SAFE] need no scaling for float32 products

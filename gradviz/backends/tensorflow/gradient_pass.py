@@ -9,9 +9,17 @@ through the model together, layer by layer
 (:class:`~gradviz.backends.tensorflow.lockstep.Lockstep`), so only a layer or
 two's K gradients are alive at a time.
 
-The forward pass is ``model.stateless_call``: weights, BatchNorm moving
-statistics and seed-generator states are read, never written, so inspecting
-leaves the model as it was.
+The forward pass runs the model statelessly, as ``model.stateless_call``
+does (:func:`gradviz.model.keras_internals.call_collecting_losses`): weights,
+BatchNorm moving statistics and seed-generator states are read, never
+written, so inspecting leaves the model as it was. The losses the model adds
+itself come back with the layer that added them: each endpoint layer's
+``add_loss`` is a loss of its own, the regularizers are summed into one. With
+``loss_terms`` (a custom training step's terms) the function is called in a
+``keras.StatelessScope`` instead and its terms are the losses.
+
+In mixed precision each loss is scaled before differentiating and the
+gradients unscaled after, as Keras's ``LossScaleOptimizer`` does.
 
 A gradient that does not exist (no differentiable path: TensorFlow returns
 None) is kept apart from one that is zero.
@@ -22,7 +30,7 @@ from __future__ import annotations
 import itertools
 import re
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -30,7 +38,8 @@ from gradviz.backends.tensorflow.distribution import single_device
 from gradviz.backends.tensorflow.forward import batch_ranks, loss_values
 from gradviz.backends.tensorflow.lockstep import LOCKSTEP_CYCLE, Lockstep, layer_key
 from gradviz.backends.tensorflow.reduce import reduce_all
-from gradviz.core.spec import regularization_name
+from gradviz.backends.tensorflow.loss_scale import replayable, run_scaled
+from gradviz.core.spec import LossTerm
 from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble, unpack
 from gradviz.data import GUESSED_IDS, Batch, BatchSource
 from gradviz.errors import DataError, LossSpecError
@@ -59,6 +68,13 @@ class GradientPass:
             (see :class:`~gradviz.backends.tensorflow.lockstep.Lockstep`): the same numbers with
             two layers' K gradients alive at most instead of up to K-1 copies of all of them.
             False exists for the benchmark.
+        source_names: ``id(layer)`` -> the graph node that names the losses the layer adds
+            (:func:`gradviz.model.topology.build_topology_and_sources`); a layer not in it
+            names them by its own name.
+        loss_terms: ``fn(model, x, y) -> {name: scalar}``, the terms of a custom training
+            step; they replace the compiled and added losses.
+        loss_scale: scale each loss by this before differentiating and the gradients back
+            after (mixed precision, as Keras's ``LossScaleOptimizer``); None: no scaling.
 
     Raises:
         DataError: unknown mode.
@@ -76,7 +92,12 @@ class GradientPass:
         training: bool = True,
         mode: str = MEAN_GRADIENT,
         lockstep: bool = True,
+        source_names: Mapping[int, str] | None = None,
+        loss_terms: Callable[..., Any] | None = None,
+        loss_scale: float | None = None,
     ) -> None:
+        import tensorflow as tf
+
         if mode not in BATCH_MODES:
             raise DataError(f"unknown batch mode {mode!r}; valid: {', '.join(BATCH_MODES)}")
         self.model = model
@@ -86,6 +107,15 @@ class GradientPass:
         self.mode = mode
         self.variables = list(model.trainable_variables)
         self.state_variables = list(model.non_trainable_variables)
+        self.source_names = dict(source_names or {})
+        self.loss_terms = loss_terms
+        #: the mixed-precision loss scale to start from; run() lowers it where gradients overflow (as Keras does)
+        self.loss_scale = loss_scale
+        #: read by the traced pass, so that a lower scale needs no new trace
+        self._scale = None if loss_scale is None else tf.Variable(float(loss_scale), trainable=False, dtype=tf.float32)
+        #: the losses found when the pass is traced, after the resolved output losses: each endpoint
+        #: layer's add_loss, the summed regularizers (last), or the terms of ``loss_terms``
+        self.found_terms: tuple[LossTerm, ...] = ()
         self._layer_keys = [layer_key(v) for v in self.variables]
         #: the seed-generator states among the state variables, and the layers holding them
         self.random_state = find_random_state(model)
@@ -135,21 +165,25 @@ class GradientPass:
         weights = [tf.convert_to_tensor(v) for v in self.variables]
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(weights)
-            values, new_state, extra = loss_values(
+            forward_pass = loss_values(
                 self.model, weights, state, x, ys, self.losses, self.output_names, self.training,
-                sample_weights, ranks,
+                sample_weights, ranks, source_names=self.source_names, loss_terms=self.loss_terms,
             )
+            values, new_state = forward_pass.values, forward_pass.new_state
+            # Mixed precision: differentiate the scaled losses, as Keras's training step does
+            # (run() unscales the statistics); the values reported stay unscaled.
+            differentiated = values if self._scale is None else [v * self._scale for v in values]
+        self.found_terms, self._regularization = forward_pass.found, forward_pass.regularization
         graph = tf.compat.v1.get_default_graph()
         forward = graph.get_operations() if ordered else []
         dense, chains = [], []
-        for v in values:
+        for v in differentiated:
             start = len(graph.get_operations()) if ordered else 0
             per_loss = tape.gradient(v, weights, unconnected_gradients=tf.UnconnectedGradients.NONE)
             dense.append([None if g is None else tf.convert_to_tensor(g) for g in per_loss])
             if ordered:
                 chains.append(graph.get_operations()[start:])
         del tape
-        self._regularization = bool(extra)
         self._exists = [[g is not None for g in per_loss] for per_loss in dense]
         backward = (
             Lockstep(weights, self._layer_keys, dense, chains, forward[-1]._id if forward else -1) if ordered else None
@@ -282,6 +316,11 @@ class GradientPass:
     def run(self, data: BatchSource, progress: Progress | None = None, seed: int | None = None) -> GradientStats:
         """Stream ``data`` through the compiled pass and reduce it to statistics.
 
+        With a loss scale (mixed precision), the scale is lowered as Keras's
+        ``LossScaleOptimizer`` lowers it, by halving after a step whose gradients overflow,
+        until the gradients are finite: the gradient Keras applies is the one at that scale.
+        Gradients that are not finite even unscaled are reported as they are.
+
         Args:
             data: the batches (with their sample weights, if any).
             progress: called with ``(batches done, batches)``.
@@ -293,6 +332,34 @@ class GradientPass:
             LossSpecError: a loss fails on the model's outputs.
             DataError: the data does not fit the model.
         """
+        source = replayable(data, self.loss_scale)  # a lower scale reruns the same batches
+
+        def run_at(scale: float, progress: Progress | None) -> tuple[Any, Any, float]:
+            if self._scale is not None:
+                self._scale.assign(scale)  # read by the trace: no new one
+            return self._run_batches(source, progress, seed)
+
+        try:
+            (loss_sum, stat_sums, divide), scale = run_scaled(
+                run_at, self.loss_scale, lambda r: bool(r[1][2].all()), lambda r: bool(np.isfinite(r[0]).all()),
+                progress,
+            )
+        finally:
+            if self._scale is not None:
+                self._scale.assign(float(self.loss_scale or 1.0))  # the next run starts where Keras starts
+        if scale is not None:  # the gradients of the scaled losses, unscaled (in float64)
+            stat_sums = (stat_sums[0] / scale**2, stat_sums[1] / scale, stat_sums[2])
+        names = tuple(loss.name for loss in self.losses) + tuple(t.name for t in self.found_terms)
+        return assemble(
+            names, self._exists, unpack(stat_sums, self._exists), loss_sum / data.batches, divide, data.batches,
+            self.mode, self._regularization, scale,
+        )
+
+    def _run_batches(
+        self, data: BatchSource, progress: Progress | None, seed: int | None
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray], float]:
+        """Every batch through the compiled pass, the random state from ``seed``: summed loss values,
+        (scaled) statistics, their divisor."""
         import tensorflow as tf
 
         if seed is None:
@@ -350,13 +417,8 @@ class GradientPass:
             divide = 1.0
         else:
             divide = float(data.batches)
-        output_names = [loss.name for loss in self.losses]
-        names = tuple(output_names) + ((regularization_name(output_names),) if self._regularization else ())
         assert loss_sum is not None and stat_sums is not None
-        return assemble(
-            names, self._exists, unpack(stat_sums, self._exists), loss_sum / data.batches, divide, data.batches,
-            self.mode, self._regularization,
-        )
+        return loss_sum, stat_sums, divide
 
 
 @contextmanager

@@ -34,8 +34,13 @@ class GradientValues:
         def values(x: list[Any], ys: dict[str, Any], state: list[Any], sws: dict[str, Any],
                    ranks: Any) -> list[list[Any]]:
             _, dense, _, _ = gradient_pass._forward_backward(x, ys, state, False, sws, ranks)
-            return [[tf.zeros((0,), tf.float32) if g is None else tf.reshape(tf.cast(g, tf.float32), (-1,))
-                     for g in per_loss] for per_loss in dense]
+            scale = gradient_pass._scale  # mixed precision: the pass differentiates the scaled losses
+
+            def flat(g: Any) -> Any:
+                g = tf.reshape(tf.cast(g, tf.float32), (-1,))
+                return g if scale is None else g / scale
+
+            return [[tf.zeros((0,), tf.float32) if g is None else flat(g) for g in per_loss] for per_loss in dense]
 
         self._values = tf.function(values, reduce_retracing=True, autograph=False)
 
