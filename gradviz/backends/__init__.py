@@ -13,9 +13,12 @@ else.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
-from gradviz.errors import BackendError
+from gradviz.errors import BackendError, DataError, LossSpecError
 
 if TYPE_CHECKING:
     from gradviz.core.stats import GradientStats, Progress
@@ -23,7 +26,50 @@ if TYPE_CHECKING:
     from gradviz.model.losses import ResolvedLoss
 
 #: the Keras backends gradviz computes gradients on
-SUPPORTED = ("tensorflow",)
+SUPPORTED = ("tensorflow", "jax")
+#: what to install for a Keras backend's array library
+INSTALL_HINTS = {
+    "jax": "pip install 'keras-gradviz[jax]' (JAX for the CPU)",
+    "tensorflow": "pip install tensorflow",
+    "torch": "pip install torch (gradviz has no PyTorch backend yet)",
+}
+
+
+def configured_backend() -> str:
+    """The Keras backend this process will get, read as Keras reads it (without importing Keras).
+
+    ``KERAS_BACKEND``, else ``backend`` in ``$KERAS_HOME/keras.json`` (default
+    ``~/.keras/keras.json``), else ``tensorflow``.
+    """
+    name = os.environ.get("KERAS_BACKEND")
+    if name:
+        return name
+    home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+    try:
+        config = json.loads((home / "keras.json").read_text())
+    except (OSError, ValueError):
+        return "tensorflow"
+    backend = config.get("backend") if isinstance(config, dict) else None
+    return str(backend) if backend else "tensorflow"
+
+
+def import_keras() -> Any:
+    """Import Keras; a missing array library for the chosen backend is one clear error.
+
+    Raises:
+        BackendError: Keras's backend (``KERAS_BACKEND``) is not installed.
+    """
+    try:
+        import keras
+    except ImportError as e:
+        name = configured_backend()
+        hint = INSTALL_HINTS.get(name, f"install the {name!r} package")
+        raise BackendError(
+            f"Keras is set to the {name!r} backend (KERAS_BACKEND or keras.json) but cannot import it "
+            f"({type(e).__name__}: {e}); install it with {hint}, or set KERAS_BACKEND to one of: "
+            f"{', '.join(SUPPORTED)}"
+        ) from e
+    return keras
 
 
 class GradientBackend(Protocol):
@@ -62,8 +108,13 @@ def create(
     *,
     training: bool,
     mode: str,
+    compilation_cache: bool | None = None,
 ) -> GradientBackend:
     """The gradient backend for the Keras backend the model runs on.
+
+    Args:
+        compilation_cache: JAX only: keep compiled passes in JAX's persistent compilation
+            cache (None: on unless ``GRADVIZ_COMPILATION_CACHE=0``). TensorFlow has none.
 
     Raises:
         BackendError: Keras runs on a backend gradviz does not support.
@@ -75,7 +126,41 @@ def create(
         from gradviz.backends.tensorflow.gradient_pass import GradientPass
 
         return GradientPass(model, losses, output_names, training=training, mode=mode)
+    if name == "jax":
+        from gradviz.backends.jax.gradient_pass import GradientPass as JaxGradientPass
+
+        return JaxGradientPass(model, losses, output_names, training=training, mode=mode,
+                               compilation_cache=compilation_cache)
     raise BackendError(
         f"Keras runs on the {name!r} backend; gradviz computes gradients on: {', '.join(SUPPORTED)} "
-        "(set KERAS_BACKEND=tensorflow)"
+        "(set KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax)"
     )
+
+
+def model_outputs(output_names: Sequence[str], y_pred: Any) -> dict[str, Any]:
+    """Name a model call's outputs.
+
+    Example:
+        >>> model_outputs(["C", "D"], [1, 2])
+        {'C': 1, 'D': 2}
+    """
+    if isinstance(y_pred, dict):
+        return {str(k): v for k, v in y_pred.items()}
+    if isinstance(y_pred, (list, tuple)):
+        return dict(zip(output_names, y_pred))
+    return {output_names[0]: y_pred}
+
+
+def explain_failure(error: Exception) -> Exception:
+    """The typed error for an array library's failure while running the model and its losses.
+
+    Example:
+        >>> explain_failure(ValueError("Incompatible shapes: [8,4] vs. [8,1] in the loss"))
+        LossSpecError("a loss failed on the model's outputs and targets: Incompatible shapes: [8,4] vs. [8,1] in the loss")
+    """
+    text = " ".join(str(error).split())
+    if len(text) > 400:
+        text = text[:400] + "..."
+    if "loss" in text.lower() or "logits" in text.lower() or "labels" in text.lower():
+        return LossSpecError(f"a loss failed on the model's outputs and targets: {text}")
+    return DataError(f"the model cannot run on the data: {type(error).__name__}: {text}")

@@ -23,26 +23,19 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from gradviz.backends import explain_failure as _explain
+from gradviz.backends import model_outputs
 from gradviz.backends.tensorflow.lockstep import LOCKSTEP_CYCLE, Lockstep, layer_key
 from gradviz.backends.tensorflow.reduce import reduce_all
 from gradviz.core.spec import regularization_name
 from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble, unpack
 from gradviz.data import Data
-from gradviz.errors import DataError, LossSpecError
+from gradviz.errors import DataError
 
 if TYPE_CHECKING:
     import keras
 
     from gradviz.model.losses import ResolvedLoss
-
-
-def model_outputs(output_names: Sequence[str], y_pred: Any) -> dict[str, Any]:
-    """Name a model call's outputs."""
-    if isinstance(y_pred, dict):
-        return {str(k): v for k, v in y_pred.items()}
-    if isinstance(y_pred, (list, tuple)):
-        return dict(zip(output_names, y_pred))
-    return {output_names[0]: y_pred}
 
 
 class GradientPass:
@@ -338,12 +331,3 @@ def _compiled(fn: Any, reduce_retracing: bool = False) -> Any:
         return fn(*args)
 
     return tf.function(call, reduce_retracing=reduce_retracing, autograph=False)
-
-
-def _explain(error: Exception) -> Exception:
-    text = " ".join(str(error).split())
-    if len(text) > 400:
-        text = text[:400] + "..."
-    if "loss" in text.lower() or "logits" in text.lower() or "labels" in text.lower():
-        return LossSpecError(f"a loss failed on the model's outputs and targets: {text}")
-    return DataError(f"the model cannot run on the data: {type(error).__name__}: {text}")
