@@ -89,6 +89,7 @@ class Session:
         batch_mode: str,
         thresholds: Thresholds,
         timer: Timer,
+        compilation_cache: bool | None = None,
     ) -> None:
         self.loaded = loaded
         self.model: keras.Model = loaded.model
@@ -102,6 +103,7 @@ class Session:
         self._regularization_weight = regularization_weight
         self._prepare_timings = dict(timer.seconds)
         self._backend: GradientBackend | None = None
+        self._compilation_cache = compilation_cache
 
     @property
     def backend(self) -> GradientBackend:
@@ -110,7 +112,8 @@ class Session:
             from gradviz import backends
 
             self._backend = backends.create(
-                self.model, self.losses, self.outputs, training=self.training, mode=self.batch_mode
+                self.model, self.losses, self.outputs, training=self.training, mode=self.batch_mode,
+                compilation_cache=self._compilation_cache,
             )
         return self._backend
 
@@ -238,6 +241,7 @@ def prepare(
     custom_objects: str | Path | None = None,
     unsafe: bool = False,
     thresholds: Thresholds = Thresholds(),
+    compilation_cache: bool | None = None,
 ) -> Session:
     """Load or wrap a model, walk its graph and resolve each of its losses once.
 
@@ -252,6 +256,11 @@ def prepare(
         custom_objects: a Python file defining custom layers and losses.
         unsafe: allow Lambda layers in model files (runs their code).
         thresholds: when figures become findings.
+        compilation_cache: on the JAX backend, keep the compiled gradient pass in JAX's
+            persistent compilation cache, so the next process inspecting the same
+            architecture does not compile it again (None: on, unless
+            ``GRADVIZ_COMPILATION_CACHE=0``; see :mod:`gradviz.backends.jax.cache`).
+            TensorFlow has no such cache: ignored there.
 
     Returns:
         A :class:`Session`; ``session.run(...)`` analyses data.
@@ -265,6 +274,7 @@ def prepare(
         >>> report = session.run(batches=2)  # doctest: +SKIP
     """
     _quiet_tensorflow()
+    from gradviz.backends import import_keras
     from gradviz.core.stats import BATCH_MODES
     from gradviz.errors import DataError
     from gradviz.model import loading, topology
@@ -274,6 +284,7 @@ def prepare(
         raise DataError(f"unknown batch mode {batch_mode!r}; valid: {', '.join(BATCH_MODES)}")
     timer = Timer()
     with timer.stage("load"):
+        import_keras()  # a missing JAX (KERAS_BACKEND=jax) is one clear error, not an ImportError
         if isinstance(model, (str, Path)):
             loaded = loading.load_model(model, custom_objects_file=custom_objects, unsafe=unsafe)
         else:
@@ -309,7 +320,7 @@ def prepare(
     return Session(
         loaded, topo, outputs, spec, resolved,
         regularization_weight=reg_weight, training=training, batch_mode=batch_mode, thresholds=thresholds,
-        timer=timer,
+        timer=timer, compilation_cache=compilation_cache,
     )
 
 
@@ -328,6 +339,7 @@ def analyze(
     unsafe: bool = False,
     thresholds: Thresholds = Thresholds(),
     progress: Progress | None = None,
+    compilation_cache: bool | None = None,
 ) -> Report:
     """Analyse how each loss's gradient flows through a Keras model: ``prepare(...).run(...)``.
 
@@ -348,6 +360,7 @@ def analyze(
         unsafe: allow Lambda layers in model files (runs their code).
         thresholds: when figures become findings.
         progress: called with ``(batches done, batches)``.
+        compilation_cache: JAX backend: use JAX's persistent compilation cache (see :func:`prepare`).
 
     Returns:
         The :class:`~gradviz.core.report.Report` (``.graph``, ``.to_json()``).
@@ -357,6 +370,6 @@ def analyze(
     """
     session = prepare(
         model, losses=losses, loss_weights=loss_weights, training=training, batch_mode=batch_mode,
-        custom_objects=custom_objects, unsafe=unsafe, thresholds=thresholds,
+        custom_objects=custom_objects, unsafe=unsafe, thresholds=thresholds, compilation_cache=compilation_cache,
     )
     return session.run(data, batch_size=batch_size, batches=batches, seed=seed, progress=progress)
