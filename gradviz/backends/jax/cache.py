@@ -65,7 +65,7 @@ def configure(enabled: bool) -> str | None:
     """
     import jax
 
-    current = jax.config.jax_compilation_cache_dir
+    current = getattr(jax.config, "jax_compilation_cache_dir", None)
     if current or not enabled:
         return str(current) if current else None
     path = default_dir()

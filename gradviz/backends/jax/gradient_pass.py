@@ -117,6 +117,8 @@ class GradientPass:
         self.cache_dir = cache.configure(cache.wanted(compilation_cache))
         #: compilations served from the persistent cache
         self.cache_hits = 0
+        #: seconds spent compiling (or loading compiled programs from the cache)
+        self.compile_seconds = 0.0
         self._compiles = 0
         self._programs: dict[Any, _Program] = {}
         self._devices = 1
@@ -147,7 +149,7 @@ class GradientPass:
             for loss in self.losses
         ]
         if extra:
-            values.append(sum(jnp.sum(jnp.asarray(e).astype(jnp.float32)) for e in extra))
+            values.append(jnp.sum(jnp.stack([jnp.sum(jnp.asarray(e).astype(jnp.float32)) for e in extra])))
         return [*values, *new_state]
 
     def _trace(self, weights: list[Any], rest: list[Any], rest_tree: Any) -> _Program:
@@ -221,10 +223,15 @@ class GradientPass:
 
     def _compile(self, fn: Callable[..., Any], args: tuple[Any, ...], donate: tuple[int, ...] = ()) -> Any:
         """``fn`` jitted and compiled ahead of time for ``args`` (through the persistent cache)."""
+        import time
+
         import jax
 
+        lowered = jax.jit(fn, donate_argnums=donate).trace(*args).lower()
+        start = time.perf_counter()
         with cache.compiling() as hits:
-            compiled = jax.jit(fn, donate_argnums=donate).trace(*args).lower().compile()
+            compiled = lowered.compile()
+        self.compile_seconds += time.perf_counter() - start
         self._compiles += 1
         self.cache_hits += hits[0]
         return compiled
