@@ -5,13 +5,16 @@ Usage::
     python benchmarks/run.py                 # every model; writes benchmarks/RESULTS.md (make bench)
     python benchmarks/run.py --quick         # tiny run (shared_trunk, few repeats)
     python benchmarks/run.py --models mlp_8,resnet50_3 --out /tmp/bench
+    python benchmarks/run.py --backend jax   # the JAX rows (jax_bench.py); keeps the TensorFlow tables
 
 For each model, in one process and after warm-up, it times gradviz's gradient
 pass (``Session.backend.run``, what ``analyze`` runs after tracing) and the three peers of ``peers.py`` over the
 same batches, interleaving repeats and reporting medians. Peak memory is
 measured per method in a fresh subprocess; the stages of ``gradviz inspect``
 in another fresh subprocess. The results are written as Markdown
-(``RESULTS.md``) and JSON (``results.json``) into ``--out``.
+(``RESULTS.md``) and JSON (``results.json``) into ``--out``. ``--backend jax``
+measures the JAX backend instead (``jax_bench.py``) into ``results_jax.json``;
+RESULTS.md is rewritten from both JSON files, whichever ran last.
 """
 
 from __future__ import annotations
@@ -548,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per method (default per model)")
     parser.add_argument("--out", default=str(HERE), help="directory for RESULTS.md and results.json")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow",
+                        help="which gradviz backend to measure (jax: against the hand-written JAX floor)")
     parser.add_argument("--child-memory", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--child-stages", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -570,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(models.CASES)}")
     cases = [models.CASES[n] for n in names]
     command = "python benchmarks/run.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    if args.backend == "jax":
+        return _main_jax(cases, args, command.strip(), log, argv if argv is not None else sys.argv[1:])
     results: dict[str, Any] = {"command": command.strip(), "machine": machine(), "timing": [], "memory": [],
                                "stages": []}
     started = time.perf_counter()
@@ -592,10 +599,43 @@ def main(argv: list[str] | None = None) -> int:
     results["seconds"] = time.perf_counter() - started
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "RESULTS.md").write_text(markdown(results))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    _write_results_md(out)
     log(f"wrote {out / 'RESULTS.md'} ({results['seconds']:.0f} s)")
     return 0
+
+
+def _main_jax(cases: list[models.Case], args: argparse.Namespace, command: str, log: Callable[[str], None],
+              argv: list[str]) -> int:
+    """``--backend jax``: measure the JAX backend into results_jax.json (in a JAX process of its own)."""
+    if os.environ.get("KERAS_BACKEND") != "jax":  # Keras's backend is fixed per process
+        env = {**os.environ, "KERAS_BACKEND": "jax"}
+        return subprocess.run([sys.executable, str(Path(__file__)), *argv], env=env).returncode
+    import jax_bench
+
+    started = time.perf_counter()
+    results = jax_bench.run(cases, args.repeats, args.quick, command, log)
+    results["seconds"] = time.perf_counter() - started
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results_jax.json").write_text(json.dumps(results, indent=2) + "\n")
+    _write_results_md(out)
+    log(f"wrote {out / 'RESULTS.md'} ({results['seconds']:.0f} s)")
+    return 0
+
+
+def _write_results_md(out: Path) -> None:
+    """RESULTS.md from the TensorFlow and JAX results in ``out`` (whichever exist)."""
+    import jax_bench
+
+    parts = []
+    if (out / "results.json").exists():
+        parts.append(markdown(json.loads((out / "results.json").read_text())))
+    else:
+        parts.append("# gradviz benchmark results\n")
+    if (out / "results_jax.json").exists():
+        parts.append("\n".join(jax_bench.markdown(json.loads((out / "results_jax.json").read_text()))))
+    (out / "RESULTS.md").write_text("\n".join(parts))
 
 
 if __name__ == "__main__":

@@ -119,7 +119,6 @@ from gradviz.errors import DataError
 from keras import layers
 
 assert len(keras.distribution.list_devices()) == 2
-keras.utils.set_random_seed(0)
 x = keras.Input((6,))
 h = layers.BatchNormalization()(layers.Dense(8)(x))
 h = layers.Dense(8, activation="relu")(h)
@@ -141,13 +140,13 @@ try:
     odd = "no error"
 except DataError as e:
     odd = str(e)
-print(json.dumps({{
+print(json.dumps({
     "devices": sharded.backend.meta["devices"],
     "gram": [one.gram.tolist(), two.gram.tolist(), one_per_batch.gram.tolist(), two_per_batch.gram.tolist()],
     "exists": [one.exists.tolist(), two.exists.tolist()],
     "loss": [one.loss_values.tolist(), two.loss_values.tolist()],
     "odd": odd,
-}}))
+}))
 """
 
 
