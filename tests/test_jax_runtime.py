@@ -163,7 +163,11 @@ def test_data_parallel_on_two_devices_equals_one(tmp_path: Path) -> None:
     np.testing.assert_allclose(result["loss"][1], result["loss"][0], rtol=1e-5)
     for single, sharded in ((one, two), (one_pb, two_pb)):
         norms = np.sqrt(np.einsum("vii->vi", single))
-        assert (np.abs(sharded - single) <= 1e-5 * norms[:, :, None] * norms[:, None, :] + 1e-30).all()
+        largest = norms.max(axis=0)
+        # relative to the norms, plus float32 noise where the gradient is zero in theory (the Dense
+        # bias in front of BatchNorm: the batch mean removes it), relative to the losses' largest
+        tolerance = 1e-5 * norms[:, :, None] * norms[:, None, :] + 1e-6 * largest[:, None] * largest[None, :]
+        assert (np.abs(sharded - single) <= tolerance).all()
     assert "does not split evenly across the 2 devices" in result["odd"]
 
 
