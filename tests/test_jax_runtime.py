@@ -59,13 +59,31 @@ session = gradviz.prepare({router!r})
 session.run(batch_size=8)
 for args in (["inspect", {sample!r}, "--json"], ["weights", {sample!r}, "--suggest", "--json"]):
     main(args, standalone_mode=False)
+
+# Inspecting changes nothing: weights, BatchNorm statistics, the Dropout's seed-generator state, and the
+# caller's random streams.
+import random
+import keras, numpy as np
+from keras import layers
+x = keras.Input((6,))
+h = layers.Dropout(0.5, seed=3)(layers.BatchNormalization()(layers.Dense(8)(x)))
+model = keras.Model(x, [layers.Dense(1, name="C")(h), layers.Dense(2, name="D")(h)])
+model.compile(loss="mse")
+before = [np.array(v.value) for v in model.variables]
+assert any("seed_generator" in v.path for v in model.variables)
+random.seed(1)
+np.random.seed(1)
+python_state, numpy_state = random.getstate(), np.random.get_state()
+gradviz.analyze(model, batches=2)
+assert all(np.array_equal(a, np.array(v.value)) for a, v in zip(before, model.variables)), "a variable changed"
+assert random.getstate() == python_state and np.array_equal(np.random.get_state()[1], numpy_state[1])
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_keras"))
 print("TENSORFLOW:" + ",".join(loaded))
 """
 
 
 def test_jax_path_imports_no_tensorflow(tmp_path: Path) -> None:
-    """analyze, prepare, inspect and weights on JAX with TensorFlow's import blocked."""
+    """analyze, prepare, inspect and weights on JAX with TensorFlow's import blocked; the model unchanged."""
     code = NO_TENSORFLOW.format(sample=str(SAMPLE), router=str(ROOT / "samples" / "ticket_router.keras"))
     done = run_jax(code, tmp_path, blocked=("tensorflow", "tf_keras"))
     assert done.returncode == 0, done.stderr[-3000:]

@@ -87,6 +87,25 @@ class Placement:
 
         return keras.distribution.distribute_tensor(array, self.distribution.get_data_layout(array.shape))
 
+    def batches(self, arrays: list[np.ndarray]) -> list[Any]:
+        """Several batch arrays placed at once (one transfer call on a single device).
+
+        Raises:
+            DataError: a batch does not split evenly across the devices.
+        """
+        if self.distribution is None:  # the compiled program transfers host arrays itself, cheapest
+            return list(arrays)
+        return [self.batch(a) for a in arrays]
+
+    def zeros(self, like: list[Any]) -> list[Any]:
+        """Float32 zeros shaped and placed like each of ``like`` (one transfer call)."""
+        import jax
+
+        zeros = [np.zeros(a.shape, np.float32) for a in like]
+        if self.distribution is None:
+            return list(jax.device_put(zeros))
+        return list(jax.device_put(zeros, [a.sharding for a in like]))
+
     def key(self) -> Any:
         """What distinguishes this placement in a cache of compiled programs."""
         if self.distribution is None:

@@ -301,7 +301,6 @@ class GradientPass:
             DataError: the data does not fit the model.
         """
         import jax
-        import jax.numpy as jnp
 
         placement = Placement.current()
         self._devices = placement.devices
@@ -314,16 +313,16 @@ class GradientPass:
         per_batch: list[Any] | None = None
         for b in range(data.batches):
             xs, ys = data.batch(b)
+            keys = list(ys)
+            placed = placement.batches([*xs, *(ys[k] for k in keys)])
             rest, rest_tree = jax.tree_util.tree_flatten(
-                (state, [placement.batch(a) for a in xs], {k: placement.batch(v) for k, v in ys.items()})
+                (state, placed[:len(xs)], dict(zip(keys, placed[len(xs):])))
             )
             try:
                 program = self._program(weights, rest, rest_tree, placement)
                 if accumulate:
                     if sums is None:
-                        sums = [jax.device_put(jnp.zeros(weights[v].shape, jnp.float32),
-                                               getattr(weights[v], "sharding", None))
-                                for _, v in program.pairs]
+                        sums = placement.zeros([weights[v] for _, v in program.pairs])
                     step = self._accumulate_step(program, (weights, rest, sums))
                     values, state, sums = step(weights, rest, sums)
                 else:
