@@ -75,11 +75,27 @@ def ops_and_regularizers() -> Any:
     return model
 
 
+def nan_head() -> Any:
+    """Head C overflows (exp of ~1000): its loss and gradients are infinite or NaN; head D is fine."""
+    import keras
+    from keras import initializers, layers
+
+    x = keras.Input((4,), name="features")
+    t = layers.Dense(8, activation="tanh", name="T")(x)
+    big = initializers.Constant(200.0)
+    c = layers.Dense(1, activation="exponential", kernel_initializer=big, bias_initializer=big, name="C")(t)
+    d = layers.Dense(1, name="D")(t)
+    model = keras.Model(x, [c, d], name="nan_head")
+    model.compile(optimizer="sgd", loss=["mse", "mse"])
+    return model
+
+
 def _jobs(directory: Path) -> list[dict[str, Any]]:
     import keras
 
     keras.utils.set_random_seed(0)
-    built = {"nested_batchnorm": nested_batchnorm(), "ops_and_regularizers": ops_and_regularizers()}
+    built = {"nested_batchnorm": nested_batchnorm(), "ops_and_regularizers": ops_and_regularizers(),
+             "nan_head": nan_head()}
     jobs = [{"name": name, "path": str(ROOT / "samples" / f"{name}.keras"), "batch_size": 16} for name in SAMPLES]
     for name, model in built.items():
         path = directory / f"{name}.keras"
@@ -120,7 +136,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return out
 
 
-JOB_NAMES = [*SAMPLES, "nested_batchnorm", "ops_and_regularizers", "shared_trunk mean of 3 batches",
+JOB_NAMES = [*SAMPLES, "nested_batchnorm", "ops_and_regularizers", "nan_head", "shared_trunk mean of 3 batches",
              "shared_trunk per-batch", "nested_batchnorm inference, 2 batches"]
 
 
@@ -133,6 +149,9 @@ def assert_grams_agree(jax_gram: np.ndarray, tf_gram: np.ndarray, noise: float) 
     gradients that are zero in theory (BatchNorm) and float32 noise on each backend: their
     entries are compared with the largest gradient of the same losses anywhere in the model.
     """
+    broken = ~np.isfinite(tf_gram)  # a NaN/Inf gradient: non-finite on both sides (NaN and inf may differ)
+    assert (~np.isfinite(jax_gram) == broken).all(), "non-finite Gram entries differ"
+    tf_gram, jax_gram = np.where(broken, 0.0, tf_gram), np.where(broken, 0.0, jax_gram)
     diag = np.sqrt(np.maximum(np.einsum("vii->vi", tf_gram), 0))
     scale = diag[:, :, None] * diag[:, None, :]
     largest = diag.max(axis=0)
@@ -167,6 +186,9 @@ def test_same_numbers(results: dict[str, Any], job: str) -> None:
     noise = 1e-5 if job.split()[0] in BATCHNORM else 0.0
     assert_grams_agree(np.array(jax_job["gram"]), np.array(tf_job["gram"]), noise)
     max_jax, max_tf = np.array(jax_job["max_abs"]), np.array(tf_job["max_abs"])
+    broken = ~np.isfinite(max_tf)
+    assert (~np.isfinite(max_jax) == broken).all()
+    max_jax, max_tf = np.where(broken, 0.0, max_jax), np.where(broken, 0.0, max_tf)
     largest = max_tf.max(axis=0, keepdims=True)
     assert (np.abs(max_jax - max_tf) <= 1e-4 * max_tf + noise * 10 * largest + 1e-30).all()
 
@@ -177,6 +199,14 @@ def test_same_report(results: dict[str, Any], job: str) -> None:
     jax_job, tf_job = results["jax"]["jobs"][job], results["tensorflow"]["jobs"][job]
     assert jax_job["layers"] == tf_job["layers"]
     assert jax_job["findings"] == tf_job["findings"]
+
+
+def test_non_finite_gradients_are_findings_on_jax(results: dict[str, Any]) -> None:
+    """The overflowing head: its gradients are flagged, the other head's are analysed as usual."""
+    job = results["jax"]["jobs"]["nan_head"]
+    finite = np.array(job["finite"])
+    assert not finite[:, 0].all() and finite[:, 1].all()
+    assert ("nan-gradient", ("C",)) in {(kind, tuple(losses)) for kind, losses, _ in job["findings"]}
 
 
 def test_blocking_ops_and_regularizers_are_seen(results: dict[str, Any]) -> None:
