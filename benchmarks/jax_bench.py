@@ -301,8 +301,10 @@ def markdown(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def run(cases: list[Any], repeats: int | None, quick: bool, command: str, log: Callable[[str], None]) -> dict[str, Any]:
-    """Every JAX measurement for ``cases`` (in this process and in fresh ones)."""
+def run(cases: list[Any], repeats: int | None, quick: bool, command: str, log: Callable[[str], None],
+        save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every JAX measurement for ``cases`` (in this process and in fresh ones); ``save`` gets the results
+    so far after each model (a long run that is stopped keeps what it measured)."""
     import datetime
 
     results: dict[str, Any] = {
@@ -316,7 +318,9 @@ def run(cases: list[Any], repeats: int | None, quick: bool, command: str, log: C
             results["timing"].append(time_in_process(case, count, log))
             log(f"{case.name} (jax): fresh processes")
             results["processes"].append({"model": case.name, "runs": time_processes(case, Path(tmp), log)})
-    results["load_at_end"] = _load()
+            results["load_at_end"] = _load()
+            if save is not None:
+                save(results)
     return results
 
 

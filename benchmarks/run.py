@@ -614,12 +614,16 @@ def _main_jax(cases: list[models.Case], args: argparse.Namespace, command: str, 
     import jax_bench
 
     started = time.perf_counter()
-    results = jax_bench.run(cases, args.repeats, args.quick, command, log)
-    results["seconds"] = time.perf_counter() - started
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results_jax.json").write_text(json.dumps(results, indent=2) + "\n")
-    _write_results_md(out)
+
+    def save(results: dict[str, Any]) -> None:
+        results["seconds"] = time.perf_counter() - started
+        (out / "results_jax.json").write_text(json.dumps(results, indent=2) + "\n")
+        _write_results_md(out)
+
+    results = jax_bench.run(cases, args.repeats, args.quick, command, log, save)
+    save(results)
     log(f"wrote {out / 'RESULTS.md'} ({results['seconds']:.0f} s)")
     return 0
 
