@@ -94,6 +94,7 @@ class Session:
         thresholds: Thresholds,
         timer: Timer,
         execution: str = "auto",
+        compilation_cache: bool | None = None,
     ) -> None:
         self.loaded = loaded
         self.model: keras.Model = loaded.model
@@ -109,6 +110,7 @@ class Session:
         self.execution = execution
         self._backends: dict[str, GradientBackend] = {}
         self._last_execution: str | None = None
+        self._compilation_cache = compilation_cache
 
     @property
     def backend(self) -> GradientBackend:
@@ -122,9 +124,16 @@ class Session:
 
             self._backends[execution] = backends.create(
                 self.model, self.losses, self.outputs, training=self.training, mode=self.batch_mode,
-                execution=execution,
+                execution=execution, compilation_cache=self._compilation_cache,
             )
         return self._backends[execution]
+
+    @property
+    def backend_name(self) -> str:
+        """Keras's backend: ``tensorflow`` or ``jax`` (what ``meta.backend`` will say)."""
+        import keras
+
+        return str(keras.backend.backend())
 
     def choose_execution(self, batches: int) -> Execution:
         """How a run of ``batches`` batches computes its gradients (an :class:`~gradviz.backends.execution.Execution`)."""
@@ -133,7 +142,8 @@ class Session:
         from gradviz.backends import execution
 
         params = sum(math.prod(int(d) for d in v.shape) for v in self.model.trainable_variables)
-        return execution.choose(self.execution, batches=batches, losses=len(self.losses), params=params)
+        return execution.choose(self.execution, batches=batches, losses=len(self.losses), params=params,
+                                backend=self.backend_name)
 
     def tracing_count(self) -> int:
         """How many times the gradient pass has been compiled (traced) so far."""
@@ -286,6 +296,7 @@ def prepare(
     unsafe: bool = False,
     thresholds: Thresholds = Thresholds(),
     execution: str = "auto",
+    compilation_cache: bool | None = None,
 ) -> Session:
     """Load or wrap a model, walk its graph and resolve each of its losses once.
 
@@ -302,6 +313,11 @@ def prepare(
         thresholds: when figures become findings.
         execution: ``auto`` (default: eager for a few batches, compiled when tracing pays
             off), ``eager`` or ``compiled``; see :mod:`gradviz.backends.execution`.
+        compilation_cache: on the JAX backend, keep the compiled gradient pass in JAX's
+            persistent compilation cache, so the next process inspecting the same
+            architecture does not compile it again (None: on, unless
+            ``GRADVIZ_COMPILATION_CACHE=0``; see :mod:`gradviz.backends.jax.cache`).
+            TensorFlow has no such cache: ignored there.
 
     Returns:
         A :class:`Session`; ``session.run(...)`` analyses data.
@@ -315,6 +331,7 @@ def prepare(
         >>> report = session.run(batches=2)  # doctest: +SKIP
     """
     _quiet_tensorflow()
+    from gradviz.backends import import_keras
     from gradviz.core.stats import BATCH_MODES
     from gradviz.errors import DataError
     from gradviz.model import loading, topology
@@ -327,6 +344,7 @@ def prepare(
     check(execution)
     timer = Timer()
     with timer.stage("load"):
+        import_keras()  # a missing JAX (KERAS_BACKEND=jax) is one clear error, not an ImportError
         if isinstance(model, (str, Path)):
             loaded = loading.load_model(model, custom_objects_file=custom_objects, unsafe=unsafe)
         else:
@@ -362,7 +380,7 @@ def prepare(
     return Session(
         loaded, topo, outputs, spec, resolved,
         regularization_weight=reg_weight, training=training, batch_mode=batch_mode, thresholds=thresholds,
-        timer=timer, execution=execution,
+        timer=timer, execution=execution, compilation_cache=compilation_cache,
     )
 
 
@@ -382,6 +400,7 @@ def analyze(
     thresholds: Thresholds = Thresholds(),
     progress: Progress | None = None,
     execution: str = "auto",
+    compilation_cache: bool | None = None,
 ) -> Report:
     """Analyse how each loss's gradient flows through a Keras model: ``prepare(...).run(...)``.
 
@@ -405,6 +424,7 @@ def analyze(
         progress: called with ``(batches done, batches)``.
         execution: ``auto`` (default), ``eager`` or ``compiled``: how the gradient pass runs
             (see :func:`prepare`).
+        compilation_cache: JAX backend: use JAX's persistent compilation cache (see :func:`prepare`).
 
     Returns:
         The :class:`~gradviz.core.report.Report` (``.graph``, ``.to_json()``).
@@ -415,5 +435,6 @@ def analyze(
     session = prepare(
         model, losses=losses, loss_weights=loss_weights, training=training, batch_mode=batch_mode,
         custom_objects=custom_objects, unsafe=unsafe, thresholds=thresholds, execution=execution,
+        compilation_cache=compilation_cache,
     )
     return session.run(data, batch_size=batch_size, batches=batches, seed=seed, progress=progress)

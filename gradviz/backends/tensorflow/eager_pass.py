@@ -1,7 +1,7 @@
 """The eager TensorFlow gradient pass: no tracing, for when tracing would cost more than it saves.
 
 The same computation as the compiled :class:`~gradviz.backends.tensorflow.gradient_pass.GradientPass`
-(the same forward, :func:`~gradviz.backends.tensorflow.forward.loss_values`, and the same
+(the same forward, :func:`~gradviz.backends.forward.loss_values`, and the same
 reduction, :mod:`~gradviz.backends.tensorflow.reduce`), run op by op: one forward pass under
 a persistent ``tf.GradientTape``, one ``tape.gradient`` call per loss, then every variable's
 Gram matrix, max-abs and finiteness. Tracing a big model's pass costs 10-30 s before
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from gradviz.backends.tensorflow.forward import loss_values
+from gradviz.backends.forward import loss_values
 from gradviz.backends.tensorflow.reduce import GRAM_CHUNK, gram_stats
 from gradviz.core.spec import regularization_name
 from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble
@@ -123,7 +123,8 @@ class EagerPass:
         """
         import tensorflow as tf
 
-        from gradviz.backends.tensorflow.gradient_pass import _explain, _inputs_text
+        from gradviz.backends.failures import explain_failure as _explain
+        from gradviz.backends.failures import inputs_text as _inputs_text
 
         if seed is None:
             state = [tf.convert_to_tensor(v) for v in self.state_variables]

@@ -19,19 +19,19 @@ None) is kept apart from one that is zero.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from gradviz.backends.tensorflow.forward import loss_values
+from gradviz.backends.failures import explain_failure as _explain
+from gradviz.backends.failures import inputs_text as _inputs_text
+from gradviz.backends.forward import loss_values
 from gradviz.backends.tensorflow.lockstep import LOCKSTEP_CYCLE, Lockstep, layer_key
 from gradviz.backends.tensorflow.reduce import reduce_all
 from gradviz.core.spec import regularization_name
 from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble, unpack
-from gradviz.data import GUESSED_IDS, Data
-from gradviz.errors import DataError, LossSpecError
-from gradviz.model.topology import input_names
+from gradviz.data import Data
+from gradviz.errors import DataError
 from gradviz.model.randomness import GlobalSeedGenerator, find_random_state, seeded_state
 
 if TYPE_CHECKING:
@@ -337,50 +337,3 @@ def _compiled(fn: Any, reduce_retracing: bool = False) -> Any:
 
     return tf.function(call, reduce_retracing=reduce_retracing, autograph=False)
 
-
-def _explain(error: Exception, inputs: str = "", guessed: Sequence[str] = ()) -> Exception:
-    """One line for a failed gradient pass: a loss's fault, ids gradviz had to guess, or the data's.
-
-    Args:
-        error: what TensorFlow or Keras raised.
-        inputs: the inputs' names and shapes, for the message (see :func:`_inputs_text`).
-        guessed: synthetic integer inputs whose range gradviz could not infer.
-    """
-    text = " ".join(str(error).split())
-    # TensorFlow's words for an id outside a table: "indices[0,1] = 7 is not in [0, 3)"
-    bad_index = re.search(r"indices\S* = -?\d+ is not in \[[^)]*\)|out of (range|bounds)", text)
-    if guessed and bad_index:
-        names = ("input " if len(guessed) == 1 else "inputs ") + ", ".join(f"'{n}'" for n in guessed)
-        keys = ", ".join(f"'x:{n}'" for n in guessed)
-        return DataError(
-            f"the model rejects the synthetic integers of {names} ({bad_index.group(0)}): gradviz cannot "
-            f"tell which ids the model takes there and drew 0 to {GUESSED_IDS - 1}; pass --data FILE.npz with "
-            f"real values under {keys}"
-        )
-    if len(text) > 400:
-        text = text[:400] + "..."
-    if "loss" in text.lower() or "logits" in text.lower() or "labels" in text.lower():
-        return LossSpecError(f"a loss failed on the model's outputs and targets: {text}")
-    return DataError(f"the model cannot run on the data{inputs}: {type(error).__name__}: {text}")
-
-
-def _inputs_text(model: keras.Model, arrays: Sequence[Any]) -> str:
-    """`` (inputs: a (8, 16) int32, b (8, 12) int32)`` for a model of several inputs, else empty: which
-    input does not fit is easier to see next to the others.
-
-    Example:
-        >>> import keras
-        >>> a, b = keras.Input((2,), name="a"), keras.Input((3,), name="b")
-        >>> m = keras.Model([a, b], keras.layers.Concatenate()([a, b]))
-        >>> _inputs_text(m, [np.zeros((4, 2), "float32"), np.zeros((4, 5), "int32")])
-        ' (inputs: a (4, 2) float32, b (4, 5) int32)'
-    """
-    if len(arrays) < 2:
-        return ""
-    try:
-        names = input_names(model)
-    except Exception:  # a model that cannot name its inputs: positions instead
-        names = []
-    names = names if len(names) == len(arrays) else [f"#{i}" for i in range(len(arrays))]
-    parts = [f"{n} {tuple(int(d) for d in a.shape)} {np.dtype(a.dtype).name}" for n, a in zip(names, arrays)]
-    return " (inputs: " + ", ".join(parts) + ")"
