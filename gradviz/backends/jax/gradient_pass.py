@@ -66,6 +66,8 @@ class _Program:
     #: per variable with at least one gradient: (variable, existing losses, partial Gram matrices)
     layout: list[tuple[int, int, int]]
     compiled: dict[str, Any] = field(default_factory=dict)
+    #: zeroed mean-gradient sums left by the last run's reduction, for the next run (None: make them)
+    zeroed_sums: list[Any] | None = None
 
     @property
     def pairs(self) -> list[tuple[int, int]]:
@@ -285,10 +287,14 @@ class GradientPass:
         if "reduce" not in program.compiled:
             index = {pair: i for i, pair in enumerate(program.pairs)}
 
-            def reduce(sums: list[Any]) -> tuple[Any, Any, Any]:
-                return self._reduce(program, lambda k, v: sums[index[(k, v)]])
+            def reduce(sums: list[Any]) -> tuple[tuple[Any, Any, Any], list[Any]]:
+                import jax.numpy as jnp
 
-            program.compiled["reduce"] = self._compile(reduce, (sums,))
+                # The sums' buffers come back zeroed (donated: no new allocation) for the next run:
+                # creating K float32 copies of the weights on the host and sending them costs more.
+                return self._reduce(program, lambda k, v: sums[index[(k, v)]]), [jnp.zeros_like(a) for a in sums]
+
+            program.compiled["reduce"] = self._compile(reduce, (sums,), donate=(0,))
         return program.compiled["reduce"]
 
     # -- running ---------------------------------------------------------------
@@ -374,7 +380,8 @@ class GradientPass:
                 program = self._program(weights, rest, rest_tree, placement)
                 if accumulate:
                     if sums is None:
-                        sums = placement.zeros([weights[v] for _, v in program.pairs])
+                        sums = program.zeroed_sums or placement.zeros([weights[v] for _, v in program.pairs])
+                        program.zeroed_sums = None
                     step = self._accumulate_step(program, (weights, rest, sums))
                     values, state, sums = step(weights, rest, sums)
                 else:
@@ -398,7 +405,8 @@ class GradientPass:
         assert program is not None and loss_sum is not None
         if accumulate:
             assert sums is not None
-            stats = self._unpack(program, self._reduce_step(program, sums)(sums))
+            packed, program.zeroed_sums = self._reduce_step(program, sums)(sums)
+            stats = self._unpack(program, packed)
             # Gram and max-abs of the mean gradient = those of the sum, scaled by 1/N^2 and 1/N.
             per_batch = [None if s is None else (s[0] / data.batches**2, s[1] / data.batches, s[2]) for s in stats]
             divide = 1.0
