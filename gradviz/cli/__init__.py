@@ -124,7 +124,8 @@ def analysis_options(command: F) -> F:
                      help="How gradients are computed: eager (no tracing: fastest for a few batches), compiled "
                           f"(traced once, then fastest per batch), or auto: eager up to {EAGER_MAX_BATCHES} batches, "
                           "compiled above, and when eager mode's per-loss gradient copies of the weights would pass "
-                          f"{EAGER_MAX_GRADIENT_BYTES // 2**20:,} MB."),
+                          f"{EAGER_MAX_GRADIENT_BYTES // 2**20:,} MB. On JAX (KERAS_BACKEND=jax) auto always "
+                          "compiles; eager runs op by op under jax.disable_jit."),
         click.option("--inference", is_flag=True,
                      help="Call the model with training=False (no dropout, BatchNorm moving statistics)."),
         click.option("--custom-objects", type=click.Path(dir_okay=False), metavar="FILE.py",
