@@ -5,10 +5,12 @@ Keras's JAX backend, without TensorFlow.
 
 How the pass is built, once per input signature (shapes and dtypes of a batch):
 
-1. The forward pass, ``model.stateless_call`` with explicit weights and state
-   (BatchNorm moving statistics, seed-generator states) followed by the K
-   losses (and the regularization term when the model has ``model.losses``),
-   is traced once into a jaxpr. Inspecting never writes a variable.
+1. The forward pass, the one both backends differentiate
+   (:func:`gradviz.backends.forward.loss_values`: ``model.stateless_call`` with
+   explicit weights and state, the inputs in the model's declared structure,
+   random layers' seed states drawn from ``seed``, then the K losses and the
+   regularization term when the model has ``model.losses``), is traced once
+   into a jaxpr. Inspecting never writes a variable.
 2. Which gradients exist (TensorFlow's None vs a zero) is read from the jaxpr
    of that function's forward-mode derivative
    (:mod:`gradviz.backends.jax.reachability`).
@@ -28,7 +30,12 @@ How the pass is built, once per input signature (shapes and dtypes of a batch):
 
 With ``--batches N`` in mean-gradient mode, one program adds each batch's
 gradients to K float32 sums (buffers donated back to it, so they are updated
-in place) and a second reduces the sums once at the end.
+in place) and a second reduces the sums once at the end (and hands the sums'
+buffers back zeroed, for the next run).
+
+``execution="eager"`` runs the same functions under ``jax.disable_jit()``
+instead of compiling them: op by op, nothing compiled as a whole, nothing
+cached (:mod:`gradviz.backends.execution` says why ``auto`` never picks it).
 """
 
 from __future__ import annotations
@@ -362,8 +369,6 @@ class GradientPass:
             LossSpecError: a loss fails on the model's outputs.
             DataError: the data does not fit the model.
         """
-        import jax
-
         placement = Placement.current()
         self._devices = placement.devices
         weights, state = self.weights_and_state(placement, seed)
