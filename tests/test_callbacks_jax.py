@@ -115,6 +115,11 @@ def train(with_monitor):
 
 
 without, with_ = train(False), train(True)
+try:
+    GradientFlowMonitor(probe, log_dir=__LOGDIR__)
+    refused = ""
+except Exception as e:
+    refused = type(e).__name__ + ": " + str(e)
 import sys
 print(json.dumps({
     "enabled": monitor.enabled, "error": repr(monitor.error), "expected": check.expected, "logged": check.logged,
@@ -122,6 +127,7 @@ print(json.dumps({
     "execution": monitor.records and monitor.session.choose_execution(1).mode,
     "identical": [without[0] == with_[0], without[1] == with_[1], without[2] == with_[2], without[3] == with_[3]],
     "tensorflow": sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow"),
+    "refused": refused,
 }))
 """
 
@@ -139,11 +145,12 @@ def run_jax(code: str, tmp_path: Path, blocked: tuple[str, ...] = ()) -> subproc
 def monitored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp_path = tmp_path_factory.mktemp("monitor_jax")
     done = run_jax(MONITOR.replace("__PATH__", repr(str(tmp_path / "flow.jsonl"))).replace(
-        "__PATH2__", repr(str(tmp_path / "f2.jsonl"))), tmp_path,
+        "__PATH2__", repr(str(tmp_path / "f2.jsonl"))).replace("__LOGDIR__", repr(str(tmp_path / "tb"))), tmp_path,
                    blocked=("tensorflow", "tf_keras"))
     assert done.returncode == 0, done.stderr[-3000:]
     result = dict(json.loads(done.stdout.strip().splitlines()[-1]))
     result["history"] = [json.loads(line) for line in (tmp_path / "flow.jsonl").read_text().splitlines()]
+    result["tensorboard_written"] = (tmp_path / "tb").exists()
     return result
 
 
@@ -180,26 +187,18 @@ def test_no_tensorflow_imported(monitored: dict[str, Any]) -> None:
 
 TENSORBOARD = MODEL + """
 model = two_heads()
-try:
-    GradientFlowMonitor(probe, log_dir=__LOGDIR__)
-    refused = ""
-except Exception as e:
-    refused = type(e).__name__ + ": " + str(e)
-if not refused:
-    monitor = GradientFlowMonitor((x, y), log_dir=__LOGDIR__)
-    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[monitor])
-    assert monitor.enabled, monitor.error
-print(json.dumps({"refused": refused}))
+monitor = GradientFlowMonitor((x, y), log_dir=__LOGDIR__)
+model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[monitor])
+print(json.dumps({"enabled": monitor.enabled, "error": repr(monitor.error)}))
 """
 
 
-def test_tensorboard_without_tensorflow_is_one_clear_error(tmp_path: Path) -> None:
-    done = run_jax(TENSORBOARD.replace("__LOGDIR__", repr(str(tmp_path / "tb"))), tmp_path, blocked=("tensorflow", "tf_keras"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    refused = json.loads(done.stdout.strip().splitlines()[-1])["refused"]
+def test_tensorboard_without_tensorflow_is_one_clear_error(monitored: dict[str, Any]) -> None:
+    """log_dir= on JAX with TensorFlow's import blocked: refused at construction, in one line naming the fix."""
+    refused = monitored["refused"]
     assert refused.startswith("BackendError: GradientFlowMonitor: `log_dir` writes TensorBoard files with TensorFlow")
-    assert "pip install tensorflow-cpu" in refused and "`path=`" in refused
-    assert not (tmp_path / "tb").exists()
+    assert "pip install tensorflow-cpu" in refused and "`path=`" in refused and "\n" not in refused
+    assert not monitored["tensorboard_written"]
 
 
 def test_tensorboard_on_jax_with_tensorflow_installed(tmp_path: Path) -> None:
@@ -208,7 +207,8 @@ def test_tensorboard_on_jax_with_tensorflow_installed(tmp_path: Path) -> None:
 
     done = run_jax(TENSORBOARD.replace("__LOGDIR__", repr(str(tmp_path))), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])["refused"] == ""
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["enabled"], result["error"]
     tags: dict[str, list[tuple[int, str, Any]]] = {}
     for file in sorted((tmp_path / "gradviz").glob("events.out.tfevents.*")):
         for raw in tf.data.TFRecordDataset(str(file)):

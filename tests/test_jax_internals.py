@@ -14,7 +14,7 @@ jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
 from gradviz.backends.jax.reachability import existing_gradients  # noqa: E402
-from gradviz.backends.jax.reduce import GRAM_CHUNK, chunks, finish, partial_grams  # noqa: E402
+from gradviz.backends.jax.reduce import GRAM_CHUNK, chunks, finish, host_partial_grams, partial_grams  # noqa: E402
 
 
 def reach(losses: Callable[..., Any], *shapes: tuple[int, ...]) -> list[list[bool]]:
@@ -115,3 +115,21 @@ def test_non_finite_gradients_are_flagged_and_kept_apart() -> None:
 def test_zero_gradients() -> None:
     gram, max_abs, finite = _gram_of([np.zeros(10, np.float32), np.arange(10, dtype=np.float32)])
     assert gram.tolist() == [[0.0, 0.0], [0.0, 285.0]] and max_abs.tolist() == [0.0, 9.0] and finite.all()
+
+
+@pytest.mark.parametrize("size", [7, GRAM_CHUNK, 3 * GRAM_CHUNK + 5])
+@pytest.mark.parametrize("scale", [1e-21, 1.0, 1e21])
+def test_host_reduction_is_the_device_reduction(size: int, scale: float) -> None:
+    """The NumPy reduction of the sums on a CPU: the device's numbers, NaN/Inf flagged alike, within 1e-6 of float64."""
+    rng = np.random.default_rng(size)
+    grads = [(rng.standard_normal(size) * scale).astype(np.float32) for _ in range(3)]
+    grads[2][size // 2] = np.inf if size > 7 else np.nan
+    device = finish(*(np.asarray(a) for a in jax.jit(partial_grams)([jnp.asarray(g) for g in grads])))
+    host = finish(*host_partial_grams(grads))
+    assert host[2].tolist() == device[2].tolist() == [True, True, False]
+    np.testing.assert_array_equal(host[1], device[1])
+    exact = np.stack([g.astype(np.float64) for g in grads[:2]])
+    exact = exact @ exact.T
+    norms = np.sqrt(np.diag(exact))
+    for gram in (host[0][:2, :2], device[0][:2, :2]):
+        assert (np.abs(gram - exact) <= 1e-6 * norms[:, None] * norms[None, :]).all()

@@ -48,21 +48,38 @@ def run_jax(code: str, tmp_path: Path, env: dict[str, str] | None = None, blocke
                           timeout=900)
 
 
-NO_TENSORFLOW = """
-import json
-import gradviz
+#: the cache figures of one session: the sample, mean of 2 batches (one program adds up; NumPy reduces on a CPU)
+CACHED = """
+import json, gradviz
+session = gradviz.prepare(__SAMPLE__)
+session.run(batch_size=8, batches=2)
+backend = session.backend
+cached = {"hits": backend.cache_hits, "compiles": backend.tracing_count(), "seconds": backend.compile_seconds,
+          "dir": backend.cache_dir}
+"""
+
+#: a seeded Dropout model's reports (timings and command line left out), for comparison across processes
+SEEDED = """
+reports = {}
+for seed in (3, 4):
+    doc = json.loads(gradviz.analyze(__DROPOUT__, seed=seed, batch_size=8).to_json())
+    doc.pop("timings"), doc.pop("command")
+    reports[seed] = json.dumps(doc, sort_keys=True)
+"""
+
+FIRST = CACHED + SEEDED + """
 from gradviz.cli import main
 
-report = gradviz.analyze({sample!r}, batches=2)
+report = gradviz.analyze(__SAMPLE__, batches=2)
 assert report.meta["backend"] == "jax", report.meta
-session = gradviz.prepare({router!r})
+session = gradviz.prepare(__ROUTER__)
 session.run(batch_size=8)
-for args in (["inspect", {sample!r}, "--json"], ["weights", {sample!r}, "--suggest", "--json"]):
+for args in (["inspect", __SAMPLE__, "--json"], ["weights", __SAMPLE__, "--suggest", "--json"]):
     main(args, standalone_mode=False)
 
 # Inspecting changes nothing: weights, BatchNorm statistics, the Dropout's seed-generator state, and the
 # caller's random streams.
-import random
+import random, sys
 import keras, numpy as np
 from keras import layers
 x = keras.Input((6,))
@@ -77,52 +94,102 @@ python_state, numpy_state = random.getstate(), np.random.get_state()
 gradviz.analyze(model, batches=2)
 assert all(np.array_equal(a, np.array(v.value)) for a, v in zip(before, model.variables)), "a variable changed"
 assert random.getstate() == python_state and np.array_equal(np.random.get_state()[1], numpy_state[1])
+
+# What --execution means on JAX, for one batch and for three
+executions = {}
+for batches in (1, 3):
+    for execution in ("auto", "compiled", "eager"):
+        session = gradviz.prepare(__SAMPLE__, execution=execution)
+        report = session.run(batch_size=8, batches=batches)
+        executions[f"{execution} {batches}"] = {
+            "meta": [report.meta["execution"], report.meta["execution_reason"]], "traced": session.tracing_count(),
+            "gram": session.backend.run(session.data(batch_size=8, batches=batches), seed=0).gram.tolist()}
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_keras"))
-print("TENSORFLOW:" + ",".join(loaded))
+print("RESULT:" + json.dumps({"cached": cached, "reports": reports, "executions": executions,
+                              "tensorflow": loaded}))
+"""
+
+SECOND = CACHED + SEEDED + """
+print("RESULT:" + json.dumps({"cached": cached, "reports": reports}))
 """
 
 
-def test_jax_path_imports_no_tensorflow(tmp_path: Path) -> None:
+def _result(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = [line for line in done.stdout.splitlines() if line.startswith("RESULT:")][-1]
+    return dict(json.loads(line[len("RESULT:"):]))
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two JAX processes one after the other, sharing a compilation cache; the first with TensorFlow blocked."""
+    tmp_path = tmp_path_factory.mktemp("jax_runtime")
+    dropout = str(_dropout_file(tmp_path))
+
+    def code(template: str) -> str:
+        return (template.replace("__SAMPLE__", repr(str(SAMPLE))).replace("__DROPOUT__", repr(dropout))
+                .replace("__ROUTER__", repr(str(ROOT / "samples" / "ticket_router.keras"))))
+
+    first = run_jax(code(FIRST), tmp_path, blocked=("tensorflow", "tf_keras"))
+    out = {"first": _result(first), "first_stdout": first.stdout}
+    out["entries"] = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    out["second"] = _result(run_jax(code(SECOND), tmp_path))
+    return out
+
+
+def test_jax_path_imports_no_tensorflow(two_processes: dict[str, Any]) -> None:
     """analyze, prepare, inspect and weights on JAX with TensorFlow's import blocked; the model unchanged."""
-    code = NO_TENSORFLOW.format(sample=str(SAMPLE), router=str(ROOT / "samples" / "ticket_router.keras"))
-    done = run_jax(code, tmp_path, blocked=("tensorflow", "tf_keras"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == "TENSORFLOW:"
-    assert '"backend": "jax"' in done.stdout  # the inspect report's meta
-    assert '"suggested"' in done.stdout  # the weights document
+    assert two_processes["first"]["tensorflow"] == []
+    stdout = two_processes["first_stdout"]
+    assert '"backend": "jax"' in stdout  # the inspect report's meta
+    assert '"suggested"' in stdout  # the weights document
 
 
-CACHED = """
-import json, gradviz
-session = gradviz.prepare({sample!r}, compilation_cache={option})
-session.run(batch_size=8, batches=2)
-backend = session.backend
-print(json.dumps({{"hits": backend.cache_hits, "compiles": backend.tracing_count(),
-                  "seconds": backend.compile_seconds, "dir": backend.cache_dir}}))
-"""
-
-
-def _cached_run(tmp_path: Path, option: str = "None", env: dict[str, str] | None = None) -> dict[str, Any]:
-    done = run_jax(CACHED.format(sample=str(SAMPLE), option=option), tmp_path, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
-def test_second_process_loads_the_compiled_pass(tmp_path: Path) -> None:
-    first = _cached_run(tmp_path)
-    assert first["dir"] == str(tmp_path / "cache")
-    assert first["hits"] == 0 and first["compiles"] == 2  # mean of 2 batches: accumulate, then reduce
-    entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert len(entries) >= 2, entries
-    second = _cached_run(tmp_path)
-    assert second["hits"] == second["compiles"] == 2  # nothing compiled again
+def test_second_process_loads_the_compiled_pass(two_processes: dict[str, Any], tmp_path: Path) -> None:
+    first, second = two_processes["first"]["cached"], two_processes["second"]["cached"]
+    assert first["dir"] is not None and first["dir"].endswith("cache")
+    # mean of 2 batches: one program adds the gradients up; on a CPU the sums are reduced in NumPy
+    assert first["hits"] == 0 and first["compiles"] == 1
+    assert len(two_processes["entries"]) >= 1, two_processes["entries"]
+    assert second["hits"] == second["compiles"] == 1  # nothing compiled again
     assert second["seconds"] < first["seconds"], (first, second)
 
 
+def test_same_seed_same_report_in_separate_jax_processes(two_processes: dict[str, Any]) -> None:
+    """--seed draws the Dropout masks on JAX too: two processes, one report byte for byte; another seed, other numbers."""
+    first, second = two_processes["first"]["reports"], two_processes["second"]["reports"]
+    assert first["3"] == second["3"] and first["4"] == second["4"]
+    three, four = json.loads(first["3"]), json.loads(first["4"])
+    assert three["meta"]["random_layers"] == ["drop"] and three["meta"]["backend"] == "jax"
+    assert three["meta"]["seed"] == 3
+    assert three["losses"] != four["losses"]
+
+
+@pytest.mark.parametrize("batches", [1, 3])
+def test_execution_on_jax_says_what_ran(two_processes: dict[str, Any], batches: int) -> None:
+    """auto compiles on JAX (and says why); eager runs op by op (nothing compiled), with the same numbers."""
+    import numpy as np
+
+    out = {k.split()[0]: v for k, v in two_processes["first"]["executions"].items() if k.endswith(f" {batches}")}
+    assert out["auto"]["meta"] == ["compiled", "JAX: one compiled program (op by op would compile every op as well)"]
+    assert out["compiled"]["meta"] == ["compiled", "requested"]
+    assert out["eager"]["meta"] == ["eager", "requested: JAX op by op (jax.disable_jit), nothing compiled as a whole"]
+    assert out["eager"]["traced"] == 0 and out["compiled"]["traced"] >= 1
+    compiled, eager = np.array(out["compiled"]["gram"]), np.array(out["eager"]["gram"])
+    norms = np.sqrt(np.einsum("vii->vi", compiled))
+    assert (np.abs(eager - compiled) <= 1e-5 * norms[:, :, None] * norms[:, None, :] + 1e-30).all()
+
+
 def test_cache_can_be_switched_off(tmp_path: Path) -> None:
-    off = _cached_run(tmp_path, option="False")
-    assert off["dir"] is None and off["hits"] == 0
-    assert _cached_run(tmp_path, env={"GRADVIZ_COMPILATION_CACHE": "0"})["dir"] is None
+    """--no-compilation-cache leaves JAX's cache alone (the option and the environment: cache.wanted)."""
+    from gradviz.backends.jax import cache
+
+    assert cache.wanted(False) is False and cache.wanted(None) is True
+    os.environ[cache.ENV_SWITCH] = "0"
+    try:
+        assert cache.wanted(None) is False
+    finally:
+        del os.environ[cache.ENV_SWITCH]
     done = run_jax("", tmp_path, args=["inspect", str(SAMPLE), "--no-compilation-cache", "--json"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["meta"]["compilation_cache"] is None
@@ -212,55 +279,3 @@ def _dropout_file(tmp_path: Path) -> Path:
     path = tmp_path / "dropout.keras"
     model.save(path)
     return path
-
-
-def _without_timings(stdout: str) -> dict[str, Any]:
-    report = json.loads(stdout)
-    report.pop("timings")
-    report.pop("command")
-    return dict(report)
-
-
-def test_same_seed_same_report_in_separate_jax_processes(tmp_path: Path) -> None:
-    """--seed draws the Dropout masks on JAX too: two processes, one report; another seed, other numbers."""
-    path = str(_dropout_file(tmp_path))
-    runs = {}
-    for name, seed in (("first", "3"), ("second", "3"), ("other", "4")):
-        done = run_jax("", tmp_path, args=["inspect", path, "--seed", seed, "--json", "--batch-size", "8"])
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs[name] = done.stdout
-    first, second, other = (_without_timings(runs[n]) for n in ("first", "second", "other"))
-    assert first == second
-    assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)  # byte for byte
-    assert first["meta"]["random_layers"] == ["drop"] and first["meta"]["backend"] == "jax"
-    assert first["losses"] != other["losses"]
-
-
-EXECUTIONS = """
-import json, gradviz
-out = {{}}
-for execution in ("auto", "compiled", "eager"):
-    session = gradviz.prepare({sample!r}, execution=execution)
-    report = session.run(batch_size=8, batches={batches})
-    out[execution] = {{"meta": [report.meta["execution"], report.meta["execution_reason"]],
-                       "traced": session.tracing_count(), "gram": session.backend.run(session.data(
-                           batch_size=8, batches={batches}), seed=0).gram.tolist()}}
-print(json.dumps(out))
-"""
-
-
-@pytest.mark.parametrize("batches", [1, 3])
-def test_execution_on_jax_says_what_ran(tmp_path: Path, batches: int) -> None:
-    """auto compiles on JAX (and says why); eager runs op by op (nothing compiled), with the same numbers."""
-    import numpy as np
-
-    done = run_jax(EXECUTIONS.format(sample=str(SAMPLE), batches=batches), tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["auto"]["meta"] == ["compiled", "JAX: one compiled program (op by op would compile every op as well)"]
-    assert out["compiled"]["meta"] == ["compiled", "requested"]
-    assert out["eager"]["meta"] == ["eager", "requested: JAX op by op (jax.disable_jit), nothing compiled as a whole"]
-    assert out["eager"]["traced"] == 0 and out["compiled"]["traced"] >= 1
-    compiled, eager = np.array(out["compiled"]["gram"]), np.array(out["eager"]["gram"])
-    norms = np.sqrt(np.einsum("vii->vi", compiled))
-    assert (np.abs(eager - compiled) <= 1e-5 * norms[:, :, None] * norms[:, None, :] + 1e-30).all()

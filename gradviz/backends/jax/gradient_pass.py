@@ -30,8 +30,11 @@ How the pass is built, once per input signature (shapes and dtypes of a batch):
 
 With ``--batches N`` in mean-gradient mode, one program adds each batch's
 gradients to K float32 sums (buffers donated back to it, so they are updated
-in place) and a second reduces the sums once at the end (and hands the sums'
-buffers back zeroed, for the next run).
+in place), and the sums are reduced once at the end: on a CPU in NumPy
+(:func:`~gradviz.backends.jax.reduce.host_partial_grams`, the same arithmetic:
+the arrays already live in host memory, and a second program would cost a
+fresh process its trace, lowering and loading), elsewhere by a second compiled
+program that also hands the sums' buffers back zeroed for the next run.
 
 ``execution="eager"`` runs the same functions under ``jax.disable_jit()``
 instead of compiling them: op by op, nothing compiled as a whole, nothing
@@ -50,7 +53,7 @@ from gradviz.backends.forward import loss_values
 from gradviz.backends.jax import cache
 from gradviz.backends.jax.devices import Placement
 from gradviz.backends.jax.reachability import existing_gradients
-from gradviz.backends.jax.reduce import chunks, finish, partial_grams
+from gradviz.backends.jax.reduce import chunks, finish, host_partial_grams, partial_grams
 from gradviz.core.spec import regularization_name
 from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble
 from gradviz.data import Data
@@ -343,6 +346,29 @@ class GradientPass:
         return self._compile(fn, args)
 
     @staticmethod
+    def _reduce_on_host(placement: Placement) -> bool:
+        """Whether the mean-gradient sums are reduced in NumPy: on one CPU device, whose memory is the host's.
+
+        There a compiled reduction saves nothing at run time and costs a fresh process its trace,
+        lowering and loading (seconds on the benchmark's MLP); on an accelerator, or sharded across
+        devices, the sums stay where they are and a compiled program reduces them.
+        """
+        import jax
+
+        return placement.distribution is None and jax.default_backend() == "cpu"
+
+    @staticmethod
+    def _host_reduce(program: _Program, sums: list[Any]) -> list[Any]:
+        """Per variable: ``(gram, max_abs, finite)`` of the sums, reduced in NumPy (:func:`host_partial_grams`)."""
+        index = {pair: i for i, pair in enumerate(program.pairs)}
+        host = [np.asarray(a) for a in sums]  # on a CPU: the arrays' own memory, no copy
+        out: list[Any] = [None] * len(program.exists[0]) if program.exists else []
+        for v, _, _ in program.layout:
+            present = [host[index[(k, v)]] for k in range(program.values) if program.exists[k][v]]
+            out[v] = finish(*host_partial_grams(present))
+        return out
+
+    @staticmethod
     def _unpack(program: _Program, packed: tuple[Any, Any, Any]) -> list[Any]:
         """Per variable: ``(gram, max_abs, finite)`` of its existing gradients, or None (on the host)."""
         partials, scales, maxes = (np.asarray(a) for a in packed)
@@ -410,8 +436,11 @@ class GradientPass:
         assert program is not None and loss_sum is not None
         if accumulate:
             assert sums is not None
-            packed, program.zeroed_sums = self._reduce_step(program, sums)(sums)
-            stats = self._unpack(program, packed)
+            if self._reduce_on_host(placement):
+                stats = self._host_reduce(program, sums)
+            else:
+                packed, program.zeroed_sums = self._reduce_step(program, sums)(sums)
+                stats = self._unpack(program, packed)
             # Gram and max-abs of the mean gradient = those of the sum, scaled by 1/N^2 and 1/N.
             per_batch = [None if s is None else (s[0] / data.batches**2, s[1] / data.batches, s[2]) for s in stats]
             divide = 1.0

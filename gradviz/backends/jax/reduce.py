@@ -92,3 +92,47 @@ def finish(partials: np.ndarray, scale: np.ndarray, max_abs: np.ndarray) -> tupl
     scale64 = scale.astype(np.float64)
     gram = partials.astype(np.float64).sum(axis=0) * scale64[:, None] * scale64[None, :]
     return gram, max_abs.astype(np.float64), np.isfinite(np.diag(gram))
+
+
+def host_partial_grams(per_loss: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`partial_grams` in NumPy, on arrays already in host memory: the same arithmetic.
+
+    The same power-of-two scaling and float32 Gram matrices of :data:`GRAM_CHUNK`-entry blocks,
+    for the JAX pass on a CPU, where a JAX array's memory is the host's: there the final
+    reduction of the mean-gradient sums needs no compiled program of its own (tracing,
+    lowering and loading one cost a fresh process seconds on the benchmark's MLP).
+
+    Example:
+        >>> p, s, m = host_partial_grams([np.array([3.0, 4.0], np.float32), np.array([1.0, 0.0], np.float32)])
+        >>> finish(p, s, m)[0].tolist()
+        [[25.0, 3.0], [3.0, 1.0]]
+    """
+    flats = [np.asarray(g).reshape(-1) for g in per_loss]
+    flats = [f if f.dtype == np.float32 else f.astype(np.float32) for f in flats]
+    size, count = flats[0].size, len(flats)
+    # max(max, -min): no |x| copy; NaN propagates through both
+    max_abs = np.array([max(float(f.max()), -float(f.min())) if size else 0.0 for f in flats], np.float32)
+    usable = np.where(np.isfinite(max_abs) & (max_abs > 0), max_abs, np.float32(1.0))
+    _, exponent = np.frexp(usable)
+    scale = np.ldexp(np.float32(1.0), np.clip(exponent - 1, -126, 127)).astype(np.float32)
+    head = (size // GRAM_CHUNK) * GRAM_CHUNK
+    blocks_count = head // GRAM_CHUNK
+    tail = size - head
+    partials = np.empty((blocks_count + (1 if tail or size == 0 else 0), count, count), np.float32)
+    block = np.empty((count, GRAM_CHUNK), np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf gradients: flagged by finish(), not warned
+        _host_blocks(flats, scale, partials, block, blocks_count, head, bool(tail) or size == 0)
+    return partials, scale, max_abs
+
+
+def _host_blocks(flats: list[np.ndarray], scale: np.ndarray, partials: np.ndarray, block: np.ndarray,
+                 blocks_count: int, head: int, with_tail: bool) -> None:
+    """Fill ``partials`` with the scaled blocks' float32 Gram matrices (the tail's last)."""
+    for c in range(blocks_count):
+        start = c * GRAM_CHUNK
+        for p, f in enumerate(flats):
+            np.divide(f[start:start + GRAM_CHUNK], scale[p], out=block[p])
+        np.matmul(block, block.T, out=partials[c])
+    if with_tail:
+        rest = np.stack([f[head:] / scale[p] for p, f in enumerate(flats)]).astype(np.float32)
+        partials[-1] = rest @ rest.T
