@@ -249,7 +249,7 @@ def markdown(results: dict[str, Any]) -> list[str]:
         "",
         "**gradviz**: the JAX backend's pass (`Session.backend.run`): K `jax.grad`s of the traced "
         "`stateless_call` jitted together with the per-variable Gram reduction (float32 chunks, summed in float64 "
-        "on the host), mean-gradient mode. **floor**: K separate `jax.grad`s of `stateless_call`'s losses jitted "
+        "on the host; on a CPU the mean-gradient sums are reduced in NumPy, the same arithmetic), mean-gradient mode. **floor**: K separate `jax.grad`s of `stateless_call`'s losses jitted "
         "together, returning each loss's squared gradient norm (issue 16's fastest formulation on CPU). Warm: "
         "median seconds per pass over all batches, after warm-up, repeats interleaved; first call: trace + "
         "compile + one pass in the same process, without a persistent cache.",
@@ -298,6 +298,8 @@ def markdown(results: dict[str, Any]) -> list[str]:
     for target, measured, ok in targets(results):
         lines.append(f"| {target} | {measured} | {'n/a' if ok is None else ('met' if ok else '**missed**')} |")
     lines.append("")
+    for note in results.get("notes", []):  # measurements added by hand after the run (see results_jax.json)
+        lines += [note, ""]
     return lines
 
 
