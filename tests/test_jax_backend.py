@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -156,10 +157,8 @@ def run_worker(backend: str, jobs: Path, out: Path, env: dict[str, str] | None =
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Both backends' results on every job (the workers run at the same time)."""
-    directory = tmp_path_factory.mktemp("backends")
+def _run_both(directory: Path) -> dict[str, Any]:
+    """Both backends' results on every job (the two workers run at the same time)."""
     jobs = directory / "jobs.json"
     jobs.write_text(json.dumps(_jobs(directory)))
     cache = {"GRADVIZ_CACHE_DIR": str(directory / "jax-cache")}
@@ -169,6 +168,40 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         _, stderr = proc.communicate(timeout=1500)
         assert proc.returncode == 0, f"{name} worker failed:\n{stderr[-3000:]}"
         out[name] = json.loads((directory / f"{name}.json").read_text())
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Both backends' results, computed once per test session.
+
+    Under pytest-xdist each worker runs this module-scoped fixture: the first to get here
+    computes (two minutes of two worker processes on a busy 2-core machine) and the other
+    reads its file, in the session's own temporary root (so never another session's).
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        return _run_both(tmp_path_factory.mktemp("backends"))
+    root = tmp_path_factory.getbasetemp().parent  # shared by this session's workers only
+    done, failed = root / "jax_backend_results.json", root / "jax_backend_results.failed"
+    try:
+        os.close(os.open(root / "jax_backend_results.lock", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:  # another worker computes: wait for its file
+        deadline = time.monotonic() + 1800
+        while not done.exists() and not failed.exists() and time.monotonic() < deadline:
+            time.sleep(1)
+        if failed.exists():
+            pytest.fail("the worker computing both backends' results failed: " + failed.read_text()[-3000:])
+        assert done.exists(), "timed out waiting for the other worker's results"
+        return dict(json.loads(done.read_text()))
+    try:
+        out = _run_both(tmp_path_factory.mktemp("backends"))
+    except BaseException as e:
+        failed.write_text(str(e))
+        raise
+    partial = root / f"jax_backend_results.{worker}.json"
+    partial.write_text(json.dumps(out))
+    partial.rename(done)  # whole or not at all
     return out
 
 
