@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test]'  # the test extra includes JAX: both backends are tested
 	touch $(STAMP)
 
 # Graphviz's dot renders .svg/.png/.pdf; .json/.dot/.graphml work without it.

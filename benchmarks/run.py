@@ -5,6 +5,7 @@ Usage::
     python benchmarks/run.py                 # every model; writes benchmarks/RESULTS.md (make bench)
     python benchmarks/run.py --quick         # tiny run (shared_trunk, few repeats)
     python benchmarks/run.py --models mlp_8,resnet50_3 --out /tmp/bench
+    python benchmarks/run.py --backend jax   # the JAX rows (jax_bench.py); keeps the TensorFlow tables
 
 For each model, in one process and after warm-up, it times gradviz's gradient
 pass (``Session.backend.run``, what ``analyze`` runs after tracing) and the three peers of ``peers.py`` over the
@@ -16,7 +17,9 @@ whole processes of ``gradviz inspect`` against hand-written ones
 hand-written floor for the same work, and against a training epoch (``monitor.py``, ``--tables monitor``).
 The results are written as Markdown
 (``RESULTS.md``) and JSON (``results.json``) into ``--out``; ``--tables`` measures
-only some tables and keeps the others from the ``results.json`` already there.
+only some tables and keeps the others from the ``results.json`` already there. ``--backend jax``
+measures the JAX backend instead (``jax_bench.py``) into ``results_jax.json``;
+RESULTS.md is rewritten from both JSON files, whichever ran last.
 """
 
 from __future__ import annotations
@@ -720,6 +723,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-methods", default=",".join(MEMORY_METHODS),
                         help=f"comma-separated methods of the memory table, of: {', '.join(MEMORY_METHODS)}; the "
                              "others are kept from the results.json already in --out")
+    parser.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow",
+                        help="which gradviz backend to measure (jax: against the hand-written JAX floor)")
     parser.add_argument("--child-memory", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--child-stages", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--child-monitor", nargs=3, help=argparse.SUPPRESS)
@@ -756,6 +761,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"valid: {', '.join(MEMORY_METHODS)}")
     cases = [models.CASES[n] for n in names]
     command = "python benchmarks/run.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    if args.backend == "jax":
+        return _main_jax(cases, args, command.strip(), log, argv if argv is not None else sys.argv[1:])
     results: dict[str, Any] = {"command": command.strip(), "machine": machine(), "timing": [], "memory": [],
                                "stages": [], "process": [], "monitor": [], "kept": {}}
     started = time.perf_counter()
@@ -791,8 +798,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     keep_earlier(results, [t for t in TABLES if t not in tables], out / "results.json",
                  [m for m in MEMORY_METHODS if m not in memory_methods])
-    (out / "RESULTS.md").write_text(markdown(results))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    _write_results_md(out)
     log(f"wrote {out / 'RESULTS.md'} ({results['seconds']:.0f} s)")
     return 0
 
@@ -829,6 +836,43 @@ def keep_earlier(results: dict[str, Any], tables: list[str], previous_file: Path
         if kept:
             date = previous.get("kept", {}).get("memory") or _measured_on(previous)
             results["kept"][f"memory of {', '.join(memory_methods)}"] = date
+
+
+def _main_jax(cases: list[models.Case], args: argparse.Namespace, command: str, log: Callable[[str], None],
+              argv: list[str]) -> int:
+    """``--backend jax``: measure the JAX backend into results_jax.json (in a JAX process of its own)."""
+    if os.environ.get("KERAS_BACKEND") != "jax":  # Keras's backend is fixed per process
+        env = {**os.environ, "KERAS_BACKEND": "jax"}
+        return subprocess.run([sys.executable, str(Path(__file__)), *argv], env=env).returncode
+    import jax_bench
+
+    started = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save(results: dict[str, Any]) -> None:
+        results["seconds"] = time.perf_counter() - started
+        (out / "results_jax.json").write_text(json.dumps(results, indent=2) + "\n")
+        _write_results_md(out)
+
+    results = jax_bench.run(cases, args.repeats, args.quick, command, log, save)
+    save(results)
+    log(f"wrote {out / 'RESULTS.md'} ({results['seconds']:.0f} s)")
+    return 0
+
+
+def _write_results_md(out: Path) -> None:
+    """RESULTS.md from the TensorFlow and JAX results in ``out`` (whichever exist)."""
+    import jax_bench
+
+    parts = []
+    if (out / "results.json").exists():
+        parts.append(markdown(json.loads((out / "results.json").read_text())))
+    else:
+        parts.append("# gradviz benchmark results\n")
+    if (out / "results_jax.json").exists():
+        parts.append("\n".join(jax_bench.markdown(json.loads((out / "results_jax.json").read_text()))))
+    (out / "RESULTS.md").write_text("\n".join(parts))
 
 
 if __name__ == "__main__":

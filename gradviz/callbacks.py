@@ -14,7 +14,12 @@ What it writes:
   ``gradviz/<loss>/trunk_grad_norm``, ``gradviz/<loss>/trunk_share`` and
   ``gradviz/trunk_cosine_min`` (see :func:`gradviz.core.history.log_values`);
 * ``path=``: one JSON line per probe (:mod:`gradviz.core.history`);
-* ``log_dir=``: TensorBoard scalars and per-loss gradient histograms per layer.
+* ``log_dir=``: TensorBoard scalars and per-loss gradient histograms per layer
+  (written with TensorFlow's ``tf.summary``: on Keras's JAX backend this needs
+  TensorFlow installed; everything else runs without it).
+
+On Keras's JAX backend the probe is one compiled JAX program (through JAX's
+persistent compilation cache), as ``gradviz inspect`` runs it there.
 
 Events over time (a head died, a loss started to dominate, NaN appeared) go
 into the history and are warned once each (:class:`GradientFlowWarning`). A
@@ -65,7 +70,8 @@ class GradientFlowMonitor(keras.callbacks.Callback):
         thresholds: when figures become findings and events (``dominated``).
 
     Raises:
-        BackendError: Keras runs on a backend gradviz has no gradient backend for.
+        BackendError: Keras runs on a backend gradviz has no gradient backend for, or ``log_dir`` is
+            given on JAX without TensorFlow installed (TensorBoard files are written with ``tf.summary``).
         MonitorError: ``every_n_epochs`` / ``every_n_steps`` below 1, or neither given.
 
     Attributes:
@@ -93,8 +99,10 @@ class GradientFlowMonitor(keras.callbacks.Callback):
         if backend not in SUPPORTED:
             raise BackendError(
                 f"GradientFlowMonitor: Keras runs on the {backend!r} backend; gradviz supports: "
-                f"{', '.join(SUPPORTED)} (set KERAS_BACKEND=tensorflow)"
+                f"{', '.join(SUPPORTED)} (set KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax)"
             )
+        if log_dir is not None:
+            _check_summary_writer(backend)
         for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise MonitorError(f"{name} must be a whole number of at least 1 or None, got {value!r}")
@@ -199,9 +207,7 @@ class GradientFlowMonitor(keras.callbacks.Callback):
             self._writer.scalar(key, value, step)
         if self.histograms and report.stats is not None and report.topology is not None:
             if self._values is None:
-                from gradviz.backends.tensorflow.histograms import GradientValues
-
-                self._values = GradientValues(self.session.backend)
+                self._values = _gradient_values(self.session.backend)
             layers = [v.layer for v in report.topology.variables]
             values = self._values.run(self._data, list(report.stats.loss_names), layers)
             for (loss, layer), g in sorted(values.items()):
@@ -233,3 +239,36 @@ class GradientFlowMonitor(keras.callbacks.Callback):
                     pass
         self._file = None
         self._writer = None
+
+
+def _check_summary_writer(backend: str) -> None:
+    """TensorBoard files are written with ``tf.summary``: on JAX, TensorFlow must be installed (not imported here).
+
+    Raises:
+        BackendError: no TensorFlow to write them with.
+    """
+    if backend == "tensorflow":
+        return
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):  # a blocked or broken installation
+        found = False
+    if not found:
+        raise BackendError(
+            f"GradientFlowMonitor: `log_dir` writes TensorBoard files with TensorFlow's tf.summary, and TensorFlow "
+            f"is not installed (Keras runs on {backend!r}); install it (pip install tensorflow-cpu) or leave out "
+            "`log_dir` and use `path=` for the history file (Keras's own logs get the figures either way)"
+        )
+
+
+def _gradient_values(gradient_pass: Any) -> Any:
+    """The per-loss gradient values pass for the histograms, for the session's backend."""
+    if gradient_pass.name == "jax":
+        from gradviz.backends.jax.histograms import GradientValues as JaxGradientValues
+
+        return JaxGradientValues(gradient_pass)
+    from gradviz.backends.tensorflow.histograms import GradientValues
+
+    return GradientValues(gradient_pass)

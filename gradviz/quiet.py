@@ -1,6 +1,6 @@
 """Keep the terminal to what the user asked for: the report on stdout, one line per error on stderr.
 
-TensorFlow's native libraries write log lines straight to file descriptor 2
+TensorFlow's (and XLA's) native libraries write log lines straight to file descriptor 2
 when they are loaded ("All log messages before absl::InitializeLog() ...",
 oneDNN and CUDA notices), whatever ``TF_CPP_MIN_LOG_LEVEL`` says, and a
 custom layer may ``print()``. Neither may reach the user's stdout or turn a
@@ -17,29 +17,38 @@ import tempfile
 from typing import Iterator
 
 
-def import_tensorflow_quietly(debug: bool = False) -> None:
-    """Import TensorFlow and Keras with native stderr output discarded.
+def import_keras_quietly(debug: bool = False) -> None:
+    """Import Keras and its backend's array library (TensorFlow or JAX) with native stderr output discarded.
 
-    Also raises TensorFlow's native log threshold to fatal errors only
-    (``TF_CPP_MIN_LOG_LEVEL=3``, unless the user set it): its remaining
-    messages (e.g. "failed call to cuInit" on machines without a GPU) are
-    not about the user's model. Python exceptions still propagate. With
-    ``debug`` nothing is hidden.
+    Only the library Keras is set to (``KERAS_BACKEND``) is imported: on JAX,
+    TensorFlow is never loaded. Also raises TensorFlow's native log threshold
+    to fatal errors only (``TF_CPP_MIN_LOG_LEVEL=3``, unless the user set it):
+    its remaining messages (e.g. "failed call to cuInit" on machines without
+    a GPU) are not about the user's model. Python exceptions still propagate.
+    With ``debug`` nothing is hidden.
+
+    Raises:
+        BackendError: the backend's array library is not installed.
 
     Example:
-        >>> import_tensorflow_quietly()
-        >>> "tensorflow" in sys.modules
+        >>> import_keras_quietly()
+        >>> "keras" in sys.modules
         True
     """
+    from gradviz.backends import import_keras
+
     if debug:
-        import keras  # noqa: F401
+        import_keras()
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" in sys.modules and "keras" in sys.modules:
+    if "keras" in sys.modules:
         return
     with native_stderr_discarded(), _matplotlib_hidden():
-        import tensorflow  # noqa: F401
-        import keras  # noqa: F401
+        import_keras()
+
+
+#: the name this function had while TensorFlow was the only backend
+import_tensorflow_quietly = import_keras_quietly
 
 
 @contextlib.contextmanager

@@ -109,6 +109,7 @@ class Session:
         execution: str = "auto",
         source_names: Mapping[int, str] | None = None,
         loss_terms: LossTerms | None = None,
+        compilation_cache: bool | None = None,
     ) -> None:
         self.loaded = loaded
         self.model: keras.Model = loaded.model
@@ -127,6 +128,7 @@ class Session:
         self.execution = execution
         self._backends: dict[str, GradientBackend] = {}
         self._last_execution: str | None = None
+        self._compilation_cache = compilation_cache
 
     @property
     def backend(self) -> GradientBackend:
@@ -142,8 +144,16 @@ class Session:
                 self.model, self.losses, self.outputs, training=self.training, mode=self.batch_mode,
                 execution=execution, source_names=self._source_names, loss_terms=self.loss_terms,
                 loss_scale=self.loaded.loss_scale,
+                compilation_cache=self._compilation_cache,
             )
         return self._backends[execution]
+
+    @property
+    def backend_name(self) -> str:
+        """Keras's backend: ``tensorflow`` or ``jax`` (what ``meta.backend`` will say)."""
+        import keras
+
+        return str(keras.backend.backend())
 
     def choose_execution(self, batches: int) -> Execution:
         """How a run of ``batches`` batches computes its gradients (an :class:`~gradviz.backends.execution.Execution`)."""
@@ -155,7 +165,8 @@ class Session:
         # The losses found when the model runs (add_loss, regularization, loss_terms) are not known yet,
         # and a choice that changed after the first run would change a session's numbers: the compiled
         # ones count, and a model with none (add_loss only, loss_terms) counts as one.
-        return execution.choose(self.execution, batches=batches, losses=max(len(self.losses), 1), params=params)
+        return execution.choose(self.execution, batches=batches, losses=max(len(self.losses), 1), params=params,
+                                backend=self.backend_name)
 
     def tracing_count(self) -> int:
         """How many times the gradient pass has been compiled (traced) so far."""
@@ -460,6 +471,7 @@ def prepare(
     thresholds: Thresholds = Thresholds(),
     execution: str = "auto",
     loss_terms: LossTerms | None = None,
+    compilation_cache: bool | None = None,
 ) -> Session:
     """Load or wrap a model, walk its graph and resolve each of its losses once.
 
@@ -486,6 +498,11 @@ def prepare(
             separately with the model's current weights, statelessly (seed states,
             BatchNorm statistics and variables are not written), with weight 1 unless
             ``loss_weights`` names it. It replaces the compiled and added losses.
+        compilation_cache: on the JAX backend, keep the compiled gradient pass in JAX's
+            persistent compilation cache, so the next process inspecting the same
+            architecture does not compile it again (None: on, unless
+            ``GRADVIZ_COMPILATION_CACHE=0``; see :mod:`gradviz.backends.jax.cache`).
+            TensorFlow has no such cache: ignored there.
 
     Returns:
         A :class:`Session`; ``session.run(...)`` analyses data.
@@ -499,6 +516,7 @@ def prepare(
         >>> report = session.run(batches=2)  # doctest: +SKIP
     """
     _quiet_tensorflow()
+    from gradviz.backends import import_keras
     from gradviz.core.stats import BATCH_MODES
     from gradviz.model import loading, topology
     from gradviz.model.losses import resolve_losses
@@ -510,6 +528,7 @@ def prepare(
     check(execution)
     timer = Timer()
     with timer.stage("load"):
+        import_keras()  # a missing JAX (KERAS_BACKEND=jax) is one clear error, not an ImportError
         if isinstance(model, (str, Path)):
             loaded = loading.load_model(model, custom_objects_file=custom_objects, unsafe=unsafe)
         else:
@@ -554,6 +573,7 @@ def prepare(
         loaded, topo, outputs, spec, resolved,
         pending_weights=pending, training=training, batch_mode=batch_mode, thresholds=thresholds,
         timer=timer, execution=execution, source_names=sources, loss_terms=loss_terms,
+        compilation_cache=compilation_cache,
     )
 
 
@@ -639,6 +659,7 @@ def analyze(
     progress: Progress | str | None = "auto",
     execution: str = "auto",
     loss_terms: LossTerms | None = None,
+    compilation_cache: bool | None = None,
 ) -> Report:
     """Analyse how each loss's gradient flows through a Keras model: ``prepare(...).run(...)``.
 
@@ -675,6 +696,7 @@ def analyze(
             (see :func:`prepare`).
         loss_terms: ``fn(model, x, y) -> {name: scalar}``, the losses a custom training step
             sums (see :func:`prepare`).
+        compilation_cache: JAX backend: use JAX's persistent compilation cache (see :func:`prepare`).
 
     Returns:
         The :class:`~gradviz.core.report.Report` (``.graph``, ``.to_json()``).
@@ -690,6 +712,7 @@ def analyze(
         model, losses=losses, loss_weights=loss_weights, training=training, batch_mode=batch_mode,
         custom_objects=custom_objects, unsafe=unsafe, thresholds=thresholds, execution=execution,
         loss_terms=loss_terms,
+        compilation_cache=compilation_cache,
     )
     return session.run(data, x=x, y=y, sample_weight=sample_weight, class_weight=class_weight,
                        batch_size=batch_size, steps=steps, batches=batches, seed=seed, progress=progress)

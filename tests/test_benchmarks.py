@@ -92,3 +92,31 @@ def test_monitor_table_measures_the_probe_and_keeps_the_other_tables(tmp_path: P
     assert "## Training monitor: the probe's cost" in text and "| sample | 2 | 450 | 128 | 512 x 32 |" in text
     assert "sample: monitor probe <= 1.2x the hand-written floor" in text
     assert "## Gradient pass: gradviz vs hand-written tapes" in text  # kept from the earlier run
+def test_jax_tables_and_targets_from_results() -> None:
+    """The JAX section of RESULTS.md and its targets, from results shaped as ``--backend jax`` writes them
+    (the measurement itself runs JAX compilations for minutes: only ``make bench`` does it)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import jax_bench
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    results = {
+        "command": "python benchmarks/run.py --backend jax", "date": "today",
+        "machine": {"jax": "0.10.2", "jaxlib": "0.10.2", "keras": "3", "devices": "cpu:0", "cores": "2", "load": "1.0"},
+        "load_at_end": "1.5",
+        "timing": [{"model": "m", "losses": 3, "params": 1000, "batch_size": 16, "batches": 2, "repeats": 5,
+                    "median": {"gradviz": 1.1, "floor": 1.0}, "first_call": {"gradviz": 9.0, "floor": 8.0},
+                    "compile_seconds": 7.0}],
+        "processes": [{"model": "m", "runs": {
+            "gradviz no cache": {"seconds": 20.0}, "gradviz cold cache": {"seconds": 21.0},
+            "gradviz warm cache": {"seconds": 12.0, "cache_hits": 2, "compiles": 2},
+            "floor no cache": {"seconds": 19.0}, "floor cold cache": {"seconds": 19.5},
+            "floor warm cache": {"error": "boom"}}}],
+    }
+    text = "\n".join(jax_bench.markdown(results))
+    assert "| m | 3 | 1,000 | 16 x 2 | 5 | 1.1000 | 1.0000 | 1.10 | 9.0 (7.0) | 8.0 |" in text
+    assert "| m | 20.0 | 21.0 | 12.0 (2 / 2) | 19.0 | 19.5 | failed: `boom` |" in text
+    marks = {target: ok for target, _, ok in jax_bench.targets(results)}
+    assert marks["m: JAX warm pass <= 1.15x floor"] is True
+    # 12 s against the faster floor process that ran (19 s): met
+    assert marks["m: time to answer, warm cache, <= 1.2x the faster floor process"] is True

@@ -276,5 +276,5 @@ def test_a_backend_without_a_gradient_pass_is_refused_naming_the_supported_ones(
     # Keras fixes its backend per process and the others need their own libraries (torch, or jax for
     # the numpy backend); the refusal reads keras.backend.backend(), so it is exercised in-process.
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
-    with pytest.raises(BackendError, match=r"the 'torch' backend; gradviz supports: tensorflow"):
+    with pytest.raises(BackendError, match=r"the 'torch' backend; gradviz supports: tensorflow, jax"):
         GradientFlowMonitor(([], []))

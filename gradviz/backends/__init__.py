@@ -13,6 +13,9 @@ else.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 from gradviz.errors import BackendError
@@ -24,7 +27,60 @@ if TYPE_CHECKING:
     from gradviz.model.losses import ResolvedLoss
 
 #: the Keras backends gradviz computes gradients on
-SUPPORTED = ("tensorflow",)
+SUPPORTED = ("tensorflow", "jax")
+#: what to install for a Keras backend's array library
+INSTALL_HINTS = {
+    "jax": "pip install 'keras-gradviz[jax]' (JAX for the CPU)",
+    "tensorflow": "pip install tensorflow",
+    "torch": "pip install torch (gradviz has no PyTorch backend yet)",
+}
+
+
+def configured_backend() -> str:
+    """The Keras backend this process will get, read as Keras reads it (without importing Keras).
+
+    ``KERAS_BACKEND``, else ``backend`` in ``$KERAS_HOME/keras.json`` (default
+    ``~/.keras/keras.json``), else ``tensorflow``.
+    """
+    name = os.environ.get("KERAS_BACKEND")
+    if name:
+        return name
+    home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+    try:
+        config = json.loads((home / "keras.json").read_text())
+    except (OSError, ValueError):
+        return "tensorflow"
+    backend = config.get("backend") if isinstance(config, dict) else None
+    return str(backend) if backend else "tensorflow"
+
+
+def library_name(backend: str) -> str:
+    """The array library of a Keras backend, as people write it.
+
+    Example:
+        >>> library_name("jax"), library_name("tensorflow"), library_name("torch")
+        ('JAX', 'TensorFlow', 'torch')
+    """
+    return {"jax": "JAX", "tensorflow": "TensorFlow"}.get(backend, backend)
+
+
+def import_keras() -> Any:
+    """Import Keras; a missing array library for the chosen backend is one clear error.
+
+    Raises:
+        BackendError: Keras's backend (``KERAS_BACKEND``) is not installed.
+    """
+    try:
+        import keras
+    except ImportError as e:
+        name = configured_backend()
+        hint = INSTALL_HINTS.get(name, f"install the {name!r} package")
+        raise BackendError(
+            f"Keras is set to the {name!r} backend (KERAS_BACKEND or keras.json) but cannot import it "
+            f"({type(e).__name__}: {e}); install it with {hint}, or set KERAS_BACKEND to one of: "
+            f"{', '.join(SUPPORTED)}"
+        ) from e
+    return keras
 
 
 class GradientBackend(Protocol):
@@ -78,6 +134,7 @@ def create(
     source_names: Mapping[int, str] | None = None,
     loss_terms: Callable[..., Any] | None = None,
     loss_scale: float | None = None,
+    compilation_cache: bool | None = None,
 ) -> GradientBackend:
     """The gradient backend for the Keras backend the model runs on.
 
@@ -92,6 +149,8 @@ def create(
         source_names: ``id(layer)`` -> the graph node naming the losses that layer adds.
         loss_terms: ``fn(model, x, y) -> {name: scalar}`` replacing the model's own losses.
         loss_scale: the mixed-precision loss scale, or None.
+        compilation_cache: JAX only: keep compiled passes in JAX's persistent compilation
+            cache (None: on unless ``GRADVIZ_COMPILATION_CACHE=0``). TensorFlow has none.
 
     Raises:
         BackendError: Keras runs on a backend gradviz does not support.
@@ -110,7 +169,13 @@ def create(
 
         return GradientPass(model, losses, output_names, training=training, mode=mode, source_names=source_names,
                             loss_terms=loss_terms, loss_scale=loss_scale)
+    if name == "jax":
+        from gradviz.backends.jax.gradient_pass import GradientPass as JaxGradientPass
+
+        return JaxGradientPass(model, losses, output_names, training=training, mode=mode, execution=execution,
+                               compilation_cache=compilation_cache, source_names=source_names,
+                               loss_terms=loss_terms, loss_scale=loss_scale)
     raise BackendError(
         f"Keras runs on the {name!r} backend; gradviz computes gradients on: {', '.join(SUPPORTED)} "
-        "(set KERAS_BACKEND=tensorflow)"
+        "(set KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax)"
     )

@@ -1,7 +1,7 @@
 """The ``gradviz`` command: parse options, call the API, print.
 
-TensorFlow is imported only inside commands that need it, so ``gradviz --help``
-is instant. Every ``GradvizError`` becomes one ``Error: ...`` line on stderr
+TensorFlow (or JAX, with ``KERAS_BACKEND=jax``) is imported only inside commands
+that need it, so ``gradviz --help`` is instant. Every ``GradvizError`` becomes one ``Error: ...`` line on stderr
 and exit code 1; usage errors exit 2 (click's convention); ``--debug`` shows
 the traceback instead.
 """
@@ -133,13 +133,17 @@ def analysis_options(command: F) -> F:
                      help="How gradients are computed: eager (no tracing: fastest for a few batches), compiled "
                           f"(traced once, then fastest per batch), or auto: eager up to {EAGER_MAX_BATCHES} batches, "
                           "compiled above, and when eager mode's per-loss gradient copies of the weights would pass "
-                          f"{EAGER_MAX_GRADIENT_BYTES // 2**20:,} MB."),
+                          f"{EAGER_MAX_GRADIENT_BYTES // 2**20:,} MB. On JAX (KERAS_BACKEND=jax) auto always "
+                          "compiles; eager runs op by op under jax.disable_jit."),
         click.option("--inference", is_flag=True,
                      help="Call the model with training=False (no dropout, BatchNorm moving statistics)."),
         click.option("--custom-objects", type=click.Path(dir_okay=False), metavar="FILE.py",
                      help="Python file defining custom layers/losses (it is executed)."),
         click.option("--unsafe", is_flag=True,
                      help="Allow Lambda layers (their Python bytecode runs). Only for files you trust."),
+        click.option("--no-compilation-cache", is_flag=True,
+                     help="JAX backend: do not keep the compiled pass in JAX's persistent compilation cache "
+                          "(default: on, in ~/.cache/gradviz/jax; GRADVIZ_COMPILATION_CACHE=0 also turns it off)."),
         click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors."),
     ]
     for option in reversed(options):
@@ -191,12 +195,13 @@ def run_analysis(model: str, **kwargs: Any) -> Any:
     # Robustness (issue 5): TensorFlow's native import-time log lines must not turn a one-line
     # error into six, and prints from custom layers must not reach stdout (the report's).
     from gradviz.model.loading import check_path
-    from gradviz.quiet import import_tensorflow_quietly, stdout_to_stderr
-    check_path(model)  # a missing or empty file fails before the seconds-long TensorFlow import
+    from gradviz.backends import configured_backend, library_name
+    from gradviz.quiet import import_keras_quietly, stdout_to_stderr
+    check_path(model)  # a missing or empty file fails before the seconds-long TensorFlow/JAX import
     batches = kwargs["batches"]
     with Waiting(enabled=_stderr_is_terminal()) as waiting:
-        waiting.stage("importing TensorFlow")
-        import_tensorflow_quietly(debug=kwargs.get("debug", False))
+        waiting.stage(f"importing {library_name(configured_backend())}")
+        import_keras_quietly(debug=kwargs.get("debug", False))
         from gradviz.session import prepare
 
         loss_terms = None
@@ -218,6 +223,7 @@ def run_analysis(model: str, **kwargs: Any) -> Any:
                 unsafe=kwargs["unsafe"],
                 execution=kwargs["execution"],
                 loss_terms=loss_terms,
+                compilation_cache=False if kwargs["no_compilation_cache"] else None,
             )
             chosen = session.choose_execution(batches)
             waiting.stage(f"gradients ({chosen.mode})", total=batches if batches > 1 else None)

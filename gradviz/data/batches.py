@@ -7,8 +7,9 @@ Every kind of data gradviz takes (an ``.npz`` file, synthetic data, anything
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Protocol
+from typing import Any, Iterator, Mapping, Protocol
 
 import numpy as np
 
@@ -70,3 +71,15 @@ class BatchSource(Protocol):
             DataError: a batch does not fit the model, or the data ends early.
         """
         ...
+
+
+@contextmanager
+def closing(batches: Iterator[Any]) -> Iterator[Iterator[Any]]:
+    """``batches``, closed afterwards if it is a generator (its ``finally`` runs now, not at garbage
+    collection): a reader stops, with its workers, even when a batch fails."""
+    try:
+        yield batches
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()

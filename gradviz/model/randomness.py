@@ -101,18 +101,19 @@ def seeded_state(variables: Sequence[Any], random: RandomState, seed: int) -> li
         seed: the ``--seed``.
 
     Returns:
-        One tensor per variable: its current value, or ``[derived seed, 0]`` (in the
-        variable's dtype) for a seed-generator state. No variable is assigned.
+        One tensor of Keras's backend per variable: its current value, or ``[derived seed, 0]``
+        (in the variable's dtype) for a seed-generator state. No variable is assigned.
     """
-    import tensorflow as tf
+    import numpy as np
+    from keras import ops
 
     state = []
     for variable in variables:
         key = random.keys.get(id(variable))
         if key is None:
-            state.append(tf.convert_to_tensor(variable))
-        else:
-            state.append(tf.constant([derived_seed(seed, key), 0], dtype=variable.dtype))
+            state.append(ops.convert_to_tensor(variable))
+        else:  # the backend's own tensor: a TensorFlow tensor, a JAX array
+            state.append(ops.convert_to_tensor(np.array([derived_seed(seed, key), 0], dtype=variable.dtype)))
     return state
 
 
@@ -130,13 +131,17 @@ class GlobalSeedGenerator:
         self.generator: Any = None
         self.enabled = False
         self._assigned: int | None = None
+        #: the derived seed the generator starts from (None: not enabled). A JAX program reads the
+        #: generator's state as a constant when it is traced, so the JAX pass keys its programs by it.
+        self.value: int | None = None
 
     def reset(self, seed: int | None) -> None:
         """Start from ``seed`` (None: leave Keras's own global generator in place)."""
         self.enabled = seed is not None
         if seed is None:
+            self.value = None
             return
-        value = derived_seed(seed, GLOBAL_KEY)
+        value = self.value = derived_seed(seed, GLOBAL_KEY)
         if self.generator is None:
             import keras
 

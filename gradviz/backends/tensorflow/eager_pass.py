@@ -1,7 +1,7 @@
 """The eager TensorFlow gradient pass: no tracing, for when tracing would cost more than it saves.
 
 The same computation as the compiled :class:`~gradviz.backends.tensorflow.gradient_pass.GradientPass`
-(the same forward, :func:`~gradviz.backends.tensorflow.forward.loss_values`, and the same
+(the same forward, :func:`~gradviz.backends.forward.loss_values`, and the same
 reduction, :mod:`~gradviz.backends.tensorflow.reduce`), run op by op: one forward pass under
 a persistent ``tf.GradientTape``, one ``tape.gradient`` call per loss, then every variable's
 Gram matrix, max-abs and finiteness. Tracing a big model's pass costs 10-30 s before
@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from gradviz.backends.forward import loss_values
 from gradviz.backends.tensorflow.distribution import single_device
-from gradviz.backends.tensorflow.forward import loss_values
 from gradviz.backends.tensorflow.loss_scale import replayable, run_scaled
 from gradviz.backends.tensorflow.reduce import GRAM_CHUNK, gram_stats
 from gradviz.core.spec import LossTerm
 from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble
 from gradviz.data import BatchSource
+from gradviz.data.batches import closing
 from gradviz.model.randomness import GlobalSeedGenerator, find_random_state, seeded_state
 from gradviz.errors import DataError
 
@@ -115,7 +116,7 @@ class EagerPass:
         """One forward pass and one backward pass per loss (of the loss times ``scale``), eagerly.
 
         Each loss is called with its output's ``sample_weights`` as Keras's ``CompileLoss`` calls it
-        (:func:`~gradviz.backends.tensorflow.forward.loss_values`, as in the compiled pass).
+        (:func:`~gradviz.backends.forward.loss_values`, as in the compiled pass).
 
         Returns:
             ``(values (K,), dense, new_state, has_regularization)`` with ``dense[k][v]`` loss k's
@@ -173,7 +174,8 @@ class EagerPass:
         values, (scaled) statistics per variable, their divisor, which gradients exist, regularization."""
         import tensorflow as tf
 
-        from gradviz.backends.tensorflow.gradient_pass import _closing, _explain, _inputs_text
+        from gradviz.backends.failures import explain_failure as _explain
+        from gradviz.backends.failures import inputs_text as _inputs_text
 
         if seed is None:
             state = [tf.convert_to_tensor(v) for v in self.state_variables]
@@ -187,7 +189,7 @@ class EagerPass:
         loss_sum: np.ndarray | None = None
         stat_sums: list[Any] | None = None
         done = 0
-        with _closing(data.iter_batches()) as stream:  # a reader stops (workers too) even when a batch fails
+        with closing(data.iter_batches()) as stream:  # a reader stops (workers too) even when a batch fails
             for b, batch in enumerate(stream):
                 x = [tf.convert_to_tensor(a) for a in batch.x]
                 y = {k: tf.convert_to_tensor(v) for k, v in batch.y.items()}

@@ -28,22 +28,22 @@ None) is kept apart from one that is zero.
 from __future__ import annotations
 
 import itertools
-import re
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from gradviz.backends.failures import explain_failure as _explain
+from gradviz.backends.failures import inputs_text as _inputs_text
+from gradviz.backends.forward import batch_ranks, loss_values
 from gradviz.backends.tensorflow.distribution import single_device
-from gradviz.backends.tensorflow.forward import batch_ranks, loss_values
 from gradviz.backends.tensorflow.lockstep import LOCKSTEP_CYCLE, Lockstep, layer_key
 from gradviz.backends.tensorflow.reduce import reduce_all
 from gradviz.backends.tensorflow.loss_scale import replayable, run_scaled
 from gradviz.core.spec import LossTerm
 from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble, unpack
-from gradviz.data import GUESSED_IDS, Batch, BatchSource
+from gradviz.data import Batch, BatchSource
+from gradviz.data.batches import closing
 from gradviz.errors import DataError, LossSpecError
-from gradviz.model.topology import input_names
 from gradviz.model.randomness import GlobalSeedGenerator, find_random_state, seeded_state
 
 if TYPE_CHECKING:
@@ -155,9 +155,9 @@ class GradientPass:
         Each loss is called as Keras's ``CompileLoss`` calls it: ``loss(y, y_pred, sample_weight)``
         with its output's sample weights (None when the output has none), so the weights and the
         loss's reduction (``sum_over_batch_size``: the weighted sum over the batch's size) are
-        Keras's own (:func:`~gradviz.backends.tensorflow.forward.loss_values`). With ``ordered``, each
+        Keras's own (:func:`~gradviz.backends.forward.loss_values`). With ``ordered``, each
         loss's backward ops are kept apart so that :class:`~gradviz.backends.tensorflow.lockstep.Lockstep`
-        can order them. ``ranks`` (see :func:`~gradviz.backends.tensorflow.forward.batch_ranks`) says
+        can order them. ``ranks`` (see :func:`~gradviz.backends.forward.batch_ranks`) says
         which variant of a ``crossentropy`` loss the targets take.
         """
         import tensorflow as tf
@@ -383,7 +383,7 @@ class GradientPass:
         loss_sum: np.ndarray | None = None
         stat_sums: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         done = 0
-        with _closing(data.iter_batches()) as stream:  # a reader stops (workers too) even when a batch fails
+        with closing(data.iter_batches()) as stream:  # a reader stops (workers too) even when a batch fails
             for b, batch in enumerate(stream):
                 x, y, _, sw, ranks = self.step_inputs(batch, state)
                 try:
@@ -421,17 +421,6 @@ class GradientPass:
         return loss_sum, stat_sums, divide
 
 
-@contextmanager
-def _closing(batches: Iterator[Any]) -> Iterator[Iterator[Any]]:
-    """``batches``, closed afterwards if it is a generator (its ``finally`` runs now, not at garbage collection)."""
-    try:
-        yield batches
-    finally:
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
-
-
 def _compiled(fn: Any, reduce_retracing: bool = False) -> Any:
     """``fn`` as a ``tf.function`` of its own.
 
@@ -451,52 +440,5 @@ def _compiled(fn: Any, reduce_retracing: bool = False) -> Any:
     return tf.function(call, reduce_retracing=reduce_retracing, autograph=False)
 
 
+
 _PASS_IDS = itertools.count()
-
-
-def _explain(error: Exception, inputs: str = "", guessed: Sequence[str] = ()) -> Exception:
-    """One line for a failed gradient pass: a loss's fault, ids gradviz had to guess, or the data's.
-
-    Args:
-        error: what TensorFlow or Keras raised.
-        inputs: the inputs' names and shapes, for the message (see :func:`_inputs_text`).
-        guessed: synthetic integer inputs whose range gradviz could not infer.
-    """
-    text = " ".join(str(error).split())
-    # TensorFlow's words for an id outside a table: "indices[0,1] = 7 is not in [0, 3)"
-    bad_index = re.search(r"indices\S* = -?\d+ is not in \[[^)]*\)|out of (range|bounds)", text)
-    if guessed and bad_index:
-        names = ("input " if len(guessed) == 1 else "inputs ") + ", ".join(f"'{n}'" for n in guessed)
-        keys = ", ".join(f"'x:{n}'" for n in guessed)
-        return DataError(
-            f"the model rejects the synthetic integers of {names} ({bad_index.group(0)}): gradviz cannot "
-            f"tell which ids the model takes there and drew 0 to {GUESSED_IDS - 1}; pass --data FILE.npz with "
-            f"real values under {keys}"
-        )
-    if len(text) > 400:
-        text = text[:400] + "..."
-    if "loss" in text.lower() or "logits" in text.lower() or "labels" in text.lower():
-        return LossSpecError(f"a loss failed on the model's outputs and targets: {text}")
-    return DataError(f"the model cannot run on the data{inputs}: {type(error).__name__}: {text}")
-
-
-def _inputs_text(model: keras.Model, arrays: Sequence[Any]) -> str:
-    """`` (inputs: a (8, 16) int32, b (8, 12) int32)`` for a model of several inputs, else empty: which
-    input does not fit is easier to see next to the others.
-
-    Example:
-        >>> import keras
-        >>> a, b = keras.Input((2,), name="a"), keras.Input((3,), name="b")
-        >>> m = keras.Model([a, b], keras.layers.Concatenate()([a, b]))
-        >>> _inputs_text(m, [np.zeros((4, 2), "float32"), np.zeros((4, 5), "int32")])
-        ' (inputs: a (4, 2) float32, b (4, 5) int32)'
-    """
-    if len(arrays) < 2:
-        return ""
-    try:
-        names = input_names(model)
-    except Exception:  # a model that cannot name its inputs: positions instead
-        names = []
-    names = names if len(names) == len(arrays) else [f"#{i}" for i in range(len(arrays))]
-    parts = [f"{n} {tuple(int(d) for d in a.shape)} {np.dtype(a.dtype).name}" for n, a in zip(names, arrays)]
-    return " (inputs: " + ", ".join(parts) + ")"

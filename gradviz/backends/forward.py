@@ -1,8 +1,8 @@
-"""The forward pass both TensorFlow passes differentiate: the model's outputs, then each loss.
+"""The forward pass every gradient pass differentiates, on any Keras backend: the model's outputs, then each loss.
 
-One function, so that the compiled pass (:mod:`~gradviz.backends.tensorflow.gradient_pass`)
-and the eager one (:mod:`~gradviz.backends.tensorflow.eager_pass`) differentiate exactly
-the same computation. The model is called statelessly, as ``model.stateless_call`` calls
+One function, so that TensorFlow's compiled pass (:mod:`~gradviz.backends.tensorflow.gradient_pass`),
+its eager one (:mod:`~gradviz.backends.tensorflow.eager_pass`) and the JAX pass
+(:mod:`~gradviz.backends.jax.gradient_pass`) differentiate exactly the same computation. The model is called statelessly, as ``model.stateless_call`` calls
 it but entered through ``model(...)`` as Keras's training step enters it
 (:func:`gradviz.model.keras_internals.call_collecting_losses`): weights, BatchNorm
 statistics and seed states are read, never written. The losses, each a float32 scalar:
@@ -16,8 +16,9 @@ With ``loss_terms`` (a custom training step's ``fn(model, x, y) -> {name: scalar
 the function is called inside a ``keras.StatelessScope`` instead and its terms are the
 losses; they replace the other three.
 
-The arithmetic uses ``keras.ops`` where it is not TensorFlow's business, so that
-another backend's forward can follow this one line by line.
+Written with ``keras.ops`` only: whatever the caller differentiates with (a
+``tf.GradientTape`` around the call, ``jax.grad`` of a function calling it) sees the ops
+of its own backend, and nothing here imports an array library.
 
 Each compiled loss is called as Keras's ``CompileLoss`` calls it: ``loss(y, y_pred, sample_weight)``
 with its output's sample weights (None when the output has none), so the weighting and the
@@ -58,7 +59,12 @@ class Forward(NamedTuple):
 
 
 def model_outputs(output_names: Sequence[str], y_pred: Any) -> dict[str, Any]:
-    """Name a model call's outputs."""
+    """Name a model call's outputs.
+
+    Example:
+        >>> model_outputs(["C", "D"], [1, 2])
+        {'C': 1, 'D': 2}
+    """
     if isinstance(y_pred, dict):
         return {str(k): v for k, v in y_pred.items()}
     if isinstance(y_pred, (list, tuple)):
