@@ -133,3 +133,14 @@ def test_host_reduction_is_the_device_reduction(size: int, scale: float) -> None
     norms = np.sqrt(np.diag(exact))
     for gram in (host[0][:2, :2], device[0][:2, :2]):
         assert (np.abs(gram - exact) <= 1e-6 * norms[:, None] * norms[None, :]).all()
+
+
+def test_a_loss_scale_is_refused_on_jax_in_one_line() -> None:
+    """mixed_float16 with a loss scale is differentiated as Keras trains it on TensorFlow only: JAX refuses it
+    before touching the model (the check comes first, so no model is needed here)."""
+    from gradviz.backends.jax.gradient_pass import GradientPass
+    from gradviz.errors import BackendError
+
+    with pytest.raises(BackendError, match=r"mixed_float16 .* KERAS_BACKEND=tensorflow") as refused:
+        GradientPass(None, [], [], loss_scale=32768.0)  # type: ignore[arg-type]
+    assert "\n" not in str(refused.value)
