@@ -161,3 +161,23 @@ def magnitude_similarity(gram: np.ndarray, i: int, j: int) -> float:
     """
     total = gram[i, i] + gram[j, j]
     return float(2 * math.sqrt(max(gram[i, i], 0) * max(gram[j, j], 0)) / total) if total > 0 else float("nan")
+
+
+def values_by_layer(
+    sums: list[list[np.ndarray]], loss_names: list[str], layer_of: list[str], batches: int
+) -> dict[tuple[str, str], np.ndarray]:
+    """``{(loss, layer): values}``: per-variable gradient sums over ``batches`` batches, averaged and
+    concatenated per layer (variables without a gradient, empty arrays, are left out).
+
+    Example:
+        >>> sums = [[np.array([2.0, 4.0]), np.array([6.0])], [np.zeros(0), np.array([8.0])]]
+        >>> out = values_by_layer(sums, ["C", "D"], ["A", "A"], 2)
+        >>> {k: v.tolist() for k, v in out.items()}
+        {('C', 'A'): [1.0, 2.0, 3.0], ('D', 'A'): [4.0]}
+    """
+    result: dict[tuple[str, str], list[np.ndarray]] = {}
+    for name, per_loss in zip(loss_names, sums):
+        for layer, g in zip(layer_of, per_loss):
+            if g.size:
+                result.setdefault((name, layer), []).append(g / batches)
+    return {key: np.concatenate(parts) for key, parts in result.items()}

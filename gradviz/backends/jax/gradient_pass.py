@@ -44,22 +44,23 @@ cached (:mod:`gradviz.backends.execution` says why ``auto`` never picks it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from gradviz.backends.failures import explain_failure, inputs_text
 from gradviz.backends.forward import batch_ranks, loss_values
+from gradviz.backends.setup import PassSetup
 from gradviz.backends.jax import cache
 from gradviz.backends.jax.devices import Placement
 from gradviz.backends.jax.reachability import existing_gradients
 from gradviz.backends.jax.reduce import chunks, finish, host_partial_grams, partial_grams
 from gradviz.core.spec import LossTerm
-from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble
+from gradviz.core.stats import MEAN_GRADIENT, GradientStats, Progress, assemble
 from gradviz.data import Batch, BatchSource
 from gradviz.data.batches import closing
 from gradviz.errors import BackendError, DataError
-from gradviz.model.randomness import GlobalSeedGenerator, find_random_state, seeded_state
+from gradviz.model.randomness import seeded_state
 
 if TYPE_CHECKING:
     import keras
@@ -90,7 +91,7 @@ class _Program:
         return [(k, v) for v, _, _ in self.layout for k in range(self.values) if self.exists[k][v]]
 
 
-class GradientPass:
+class GradientPass(PassSetup):
     """The compiled JAX gradient pass of one model and its resolved losses, reusable over data.
 
     The first :meth:`run` on batches of a new shape traces and compiles the pass (or loads
@@ -137,23 +138,12 @@ class GradientPass:
                 "the model trains in mixed_float16 with a loss scale, which gradviz applies on TensorFlow "
                 "only so far; run it with KERAS_BACKEND=tensorflow (the .keras file is the same)"
             )
-        if mode not in BATCH_MODES:
-            raise DataError(f"unknown batch mode {mode!r}; valid: {', '.join(BATCH_MODES)}")
         if execution not in ("compiled", "eager"):
             raise DataError(f"unknown execution {execution!r}; valid: compiled, eager")
+        super().__init__(model, losses, output_names, training=training, mode=mode, source_names=source_names,
+                         loss_terms=loss_terms)
         #: ``compiled`` (jitted, through the persistent cache) or ``eager`` (``jax.disable_jit``: op by op)
         self.execution = execution
-        self.model = model
-        self.losses = tuple(losses)
-        self.output_names = list(output_names)
-        self.training = training
-        self.mode = mode
-        self.variables = list(model.trainable_variables)
-        self.state_variables = list(model.non_trainable_variables)
-        #: the seed-generator states among the state variables, and the layers holding them
-        self.random_state = find_random_state(model)
-        #: stands in for Keras's global SeedGenerator (unseeded keras.random calls) while the model is traced
-        self.global_seed = GlobalSeedGenerator()
         #: the persistent cache directory in use (None: none; always None in eager execution)
         self.cache_dir = cache.configure(cache.wanted(compilation_cache)) if execution == "compiled" else None
         #: compilations served from the persistent cache
@@ -164,10 +154,6 @@ class GradientPass:
         self._programs: dict[Any, _Program] = {}
         self._devices = 1
         self._regularization = False
-        self.source_names = dict(source_names or {})
-        self.loss_terms = loss_terms
-        #: the losses found when the model runs (set by the first trace; see :class:`_Program`)
-        self.found_terms: tuple[LossTerm, ...] = ()
 
     @property
     def meta(self) -> dict[str, Any]:

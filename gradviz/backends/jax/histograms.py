@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gradviz.core.stats import values_by_layer
+
 if TYPE_CHECKING:
     from gradviz.backends.jax.gradient_pass import GradientPass
     from gradviz.data import BatchSource
@@ -66,9 +68,4 @@ class GradientValues:
             arrays = [[np.asarray(g) for g in per_loss] for per_loss in fn(weights, rest)]
             sums = arrays if sums is None else [[s + a for s, a in zip(rs, ra)] for rs, ra in zip(sums, arrays)]
         assert sums is not None
-        result: dict[tuple[str, str], list[np.ndarray]] = {}
-        for name, per_loss in zip(loss_names, sums):
-            for layer, g in zip(layer_of, per_loss):
-                if g.size:
-                    result.setdefault((name, layer), []).append(g / data.batches)
-        return {key: np.concatenate(parts) for key, parts in result.items()}
+        return values_by_layer(sums, loss_names, layer_of, data.batches)

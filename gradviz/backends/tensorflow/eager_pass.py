@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 
 from gradviz.backends.forward import loss_values
+from gradviz.backends.setup import PassSetup
 from gradviz.backends.tensorflow.distribution import single_device
 from gradviz.backends.tensorflow.loss_scale import replayable, run_scaled
 from gradviz.backends.tensorflow.reduce import GRAM_CHUNK, gram_stats
-from gradviz.core.spec import LossTerm
-from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble
+from gradviz.core.stats import MEAN_GRADIENT, GradientStats, Progress, assemble
 from gradviz.data import BatchSource
 from gradviz.data.batches import closing
-from gradviz.model.randomness import GlobalSeedGenerator, find_random_state, seeded_state
+from gradviz.model.randomness import seeded_state
 from gradviz.errors import DataError
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from gradviz.model.losses import ResolvedLoss
 
 
-class EagerPass:
+class EagerPass(PassSetup):
     """The eager gradient pass of one model and its resolved losses (nothing traced).
 
     Args:
@@ -80,25 +80,8 @@ class EagerPass:
         loss_terms: Callable[..., Any] | None = None,
         loss_scale: float | None = None,
     ) -> None:
-        if mode not in BATCH_MODES:
-            raise DataError(f"unknown batch mode {mode!r}; valid: {', '.join(BATCH_MODES)}")
-        self.model = model
-        self.losses = tuple(losses)
-        self.output_names = list(output_names)
-        self.training = training
-        self.mode = mode
-        self.variables = list(model.trainable_variables)
-        self.state_variables = list(model.non_trainable_variables)
-        #: the seed-generator states among them, and the layers holding them
-        self.random_state = find_random_state(model)
-        #: stands in for Keras's global SeedGenerator (unseeded keras.random calls) while the model runs
-        self.global_seed = GlobalSeedGenerator()
-        self.source_names = dict(source_names or {})
-        self.loss_terms = loss_terms
-        #: the mixed-precision loss scale to start from; run() lowers it where gradients overflow (as Keras does)
-        self.loss_scale = loss_scale
-        #: the losses found in the last forward pass, after the resolved output losses (see the compiled pass)
-        self.found_terms: tuple[LossTerm, ...] = ()
+        super().__init__(model, losses, output_names, training=training, mode=mode, source_names=source_names,
+                         loss_terms=loss_terms, loss_scale=loss_scale)
 
     @property
     def meta(self) -> dict[str, Any]:

@@ -28,23 +28,23 @@ None) is kept apart from one that is zero.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from gradviz.backends.failures import explain_failure as _explain
 from gradviz.backends.failures import inputs_text as _inputs_text
 from gradviz.backends.forward import batch_ranks, loss_values
+from gradviz.backends.setup import PassSetup
 from gradviz.backends.tensorflow.distribution import single_device
 from gradviz.backends.tensorflow.lockstep import LOCKSTEP_CYCLE, Lockstep, layer_key
 from gradviz.backends.tensorflow.reduce import reduce_all
 from gradviz.backends.tensorflow.loss_scale import replayable, run_scaled
-from gradviz.core.spec import LossTerm
-from gradviz.core.stats import BATCH_MODES, MEAN_GRADIENT, GradientStats, Progress, assemble, unpack
+from gradviz.core.stats import MEAN_GRADIENT, GradientStats, Progress, assemble, unpack
 from gradviz.data import Batch, BatchSource
 from gradviz.data.batches import closing
 from gradviz.errors import DataError, LossSpecError
-from gradviz.model.randomness import GlobalSeedGenerator, find_random_state, seeded_state
+from gradviz.model.randomness import seeded_state
 
 if TYPE_CHECKING:
     import keras
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from gradviz.model.losses import ResolvedLoss
 
 
-class GradientPass:
+class GradientPass(PassSetup):
     """The compiled gradient pass of one model and its resolved losses, reusable over data.
 
     The first :meth:`run` traces the compiled functions; later runs (and every further
@@ -98,29 +98,11 @@ class GradientPass:
     ) -> None:
         import tensorflow as tf
 
-        if mode not in BATCH_MODES:
-            raise DataError(f"unknown batch mode {mode!r}; valid: {', '.join(BATCH_MODES)}")
-        self.model = model
-        self.losses = tuple(losses)
-        self.output_names = list(output_names)
-        self.training = training
-        self.mode = mode
-        self.variables = list(model.trainable_variables)
-        self.state_variables = list(model.non_trainable_variables)
-        self.source_names = dict(source_names or {})
-        self.loss_terms = loss_terms
-        #: the mixed-precision loss scale to start from; run() lowers it where gradients overflow (as Keras does)
-        self.loss_scale = loss_scale
+        super().__init__(model, losses, output_names, training=training, mode=mode, source_names=source_names,
+                         loss_terms=loss_terms, loss_scale=loss_scale)
         #: read by the traced pass, so that a lower scale needs no new trace
         self._scale = None if loss_scale is None else tf.Variable(float(loss_scale), trainable=False, dtype=tf.float32)
-        #: the losses found when the pass is traced, after the resolved output losses: each endpoint
-        #: layer's add_loss, the summed regularizers (last), or the terms of ``loss_terms``
-        self.found_terms: tuple[LossTerm, ...] = ()
         self._layer_keys = [layer_key(v) for v in self.variables]
-        #: the seed-generator states among the state variables, and the layers holding them
-        self.random_state = find_random_state(model)
-        #: stands in for Keras's global SeedGenerator (unseeded keras.random calls) while the model runs
-        self.global_seed = GlobalSeedGenerator()
         #: whether the backward passes run in lockstep; False after a fallback
         self.lockstep = lockstep
         #: why the lockstep ordering was dropped (None while it holds)
