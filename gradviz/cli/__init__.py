@@ -494,7 +494,7 @@ def weights_command(model: str, tries: tuple[str, ...], sweeps: tuple[str, ...],
         click.echo(weighting_report.summary(what_if, width=width, color=sys.stdout.isatty()), nl=False)
 
 
-# -- gradviz timeline (issue 14) --------------------------------------------------------
+# -- gradviz timeline ------------------------------------------------------------------
 
 
 @main.command("timeline")
