@@ -172,3 +172,24 @@ def test_reused_layers_render() -> None:
     report = gradviz.analyze(siamese(), batch_size=8)
     for options in (RenderOptions(), RenderOptions(compact=True), RenderOptions(expand_nested=False)):
         assert render(build_dot(report, options), "png").startswith(b"\x89PNG")
+
+
+def test_an_output_of_a_later_call_is_redrawn_from_json_on_its_call() -> None:
+    """``topology.output_calls`` travels in the JSON report: ``gradviz render report.json`` draws loss B
+    from the reused layer's second call (``shared#2``), as the report drew it, not from its first."""
+    from gradviz.core.report import Report
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((4,), name="x")
+    shared = layers.Dense(4, activation="tanh", name="shared")
+    h1 = shared(x)
+    model = keras.Model(x, {"A": layers.Dense(1, name="A")(h1), "B": shared(layers.Dense(4, name="mid")(h1))},
+                        name="second_call_output")
+    model.compile(loss={"A": "mse", "B": "mse"})
+    report = gradviz.analyze(model, batch_size=8)
+    assert report.topology is not None and report.topology.output_calls == {"B": 2}
+    again = Report.from_json(report.to_json())
+    assert again.topology is not None and again.topology.output_calls == {"B": 2}
+    dot = build_dot(again)
+    assert ("shared#2", "loss:B") in data_edges(dot) and ("shared", "loss:B") not in data_edges(dot)
+    assert dot == build_dot(report)

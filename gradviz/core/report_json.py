@@ -95,6 +95,7 @@ def topology_dict(topology: Topology) -> dict[str, Any]:
         "variables": [{"path": v.path, "layer": v.layer, "shape": list(v.shape)} for v in topology.variables],
         "complete": topology.complete,
         "missing": topology.missing,
+        "output_calls": dict(sorted(topology.output_calls.items())),
     }
 
 
@@ -358,8 +359,11 @@ def _topology(data: Any, where: str) -> Topology:
         ))
     # "missing" came with subclassed models (absent from earlier reports of this format: nothing was)
     missing = _str(data["missing"], f"{where}.missing") if isinstance(data, dict) and "missing" in data else ""
+    # "output_calls" came later too (absent: every output is its layer's first call, as reports then said)
+    calls = _obj(data["output_calls"], f"{where}.output_calls") if isinstance(data, dict) and "output_calls" in data else {}
+    output_calls = {k: _int(v, f"{where}.output_calls.{k}") for k, v in calls.items()}
     return Topology(graph, outputs, inputs, tuple(variables), _bool(_get(data, "complete", where), f"{where}.complete"),
-                    missing=missing)
+                    output_calls, missing=missing)
 
 
 def _statistics(data: Any, where: str, topology: Topology) -> GradientStats:
