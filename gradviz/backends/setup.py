@@ -29,7 +29,9 @@ class PassSetup:
         output_names: the model's outputs, in order.
         training: call the model with ``training=True`` (dropout, batch statistics).
         mode: ``mean-gradient`` or ``per-batch`` (see :mod:`gradviz.core.stats`).
-        source_names: ``id(layer)`` -> the graph node that names the losses the layer adds.
+        source_names: ``id(layer)`` -> the graph node that names the losses the layer adds
+            (:func:`gradviz.model.topology.build_topology_and_sources`); a layer not in it
+            names them by its own name.
         loss_terms: ``fn(model, x, y) -> {name: scalar}``, the terms of a custom training
             step, replacing the model's own losses.
         loss_scale: the mixed-precision loss scale to start from (None: no scaling).

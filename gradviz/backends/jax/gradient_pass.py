@@ -98,17 +98,11 @@ class GradientPass(PassSetup):
     it from JAX's persistent compilation cache); later runs and every further batch reuse it.
     :meth:`tracing_count` says how often it compiled.
 
-    Args:
-        model: the model; it is not modified.
-        losses: the resolved output losses (regularization is added when the model has any).
-        output_names: the model's outputs, in order.
-        training: call the model with ``training=True`` (dropout, batch statistics).
-        mode: ``mean-gradient`` or ``per-batch`` (see :mod:`gradviz.core.stats`).
+    Args (the others as :class:`~gradviz.backends.setup.PassSetup` takes them):
+        execution: ``compiled`` (jitted, through the persistent cache) or ``eager``
+            (``jax.disable_jit``: op by op).
         compilation_cache: use JAX's persistent compilation cache (None: on unless
             ``GRADVIZ_COMPILATION_CACHE=0``; see :mod:`gradviz.backends.jax.cache`).
-        source_names: ``id(layer)`` -> the graph node that names the losses the layer adds.
-        loss_terms: ``fn(model, x, y) -> {name: scalar}``, the terms of a custom training
-            step, replacing the model's own losses.
         loss_scale: the mixed-precision loss scale: not supported on JAX yet (refused).
 
     Raises:

@@ -25,7 +25,7 @@ there too.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,48 +40,16 @@ from gradviz.data.batches import closing
 from gradviz.model.randomness import seeded_state
 from gradviz.errors import DataError
 
-if TYPE_CHECKING:
-    import keras
-
-    from gradviz.model.losses import ResolvedLoss
-
 
 class EagerPass(PassSetup):
     """The eager gradient pass of one model and its resolved losses (nothing traced).
 
-    Args:
-        model: the model; it is not modified.
-        losses: the resolved output losses (regularization is added when the model has any).
-        output_names: the model's outputs, in order.
-        training: call the model with ``training=True`` (dropout, batch statistics).
-        mode: ``mean-gradient`` or ``per-batch`` (see :mod:`gradviz.core.stats`).
-        source_names: ``id(layer)`` -> the graph node that names the losses the layer adds.
-        loss_terms: ``fn(model, x, y) -> {name: scalar}``, the terms of a custom training
-            step; they replace the compiled and added losses.
-        loss_scale: scale each loss by this before differentiating and the gradients back
-            after (mixed precision, as Keras's ``LossScaleOptimizer``); None: no scaling.
-
-    Raises:
-        DataError: unknown mode.
+    Built from what :class:`~gradviz.backends.setup.PassSetup` takes (model, losses,
+    outputs, training, mode, loss sources, loss scale).
     """
 
     #: the array library, as the report's ``meta.backend`` names it
     name = "tensorflow"
-
-    def __init__(
-        self,
-        model: keras.Model,
-        losses: Sequence[ResolvedLoss],
-        output_names: Sequence[str],
-        *,
-        training: bool = True,
-        mode: str = MEAN_GRADIENT,
-        source_names: Mapping[int, str] | None = None,
-        loss_terms: Callable[..., Any] | None = None,
-        loss_scale: float | None = None,
-    ) -> None:
-        super().__init__(model, losses, output_names, training=training, mode=mode, source_names=source_names,
-                         loss_terms=loss_terms, loss_scale=loss_scale)
 
     @property
     def meta(self) -> dict[str, Any]:

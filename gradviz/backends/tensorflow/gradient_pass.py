@@ -58,21 +58,11 @@ class GradientPass(PassSetup):
     The first :meth:`run` traces the compiled functions; later runs (and every further
     batch) reuse them. :meth:`tracing_count` says how often it traced.
 
-    Args:
-        model: the model; it is not modified.
-        losses: the resolved output losses (regularization is added when the model has any).
-        output_names: the model's outputs, in order.
-        training: call the model with ``training=True`` (dropout, batch statistics).
-        mode: ``mean-gradient`` or ``per-batch`` (see :mod:`gradviz.core.stats`).
+    Args (the others as :class:`~gradviz.backends.setup.PassSetup` takes them):
         lockstep: move the K backward passes through the model layer by layer together
             (see :class:`~gradviz.backends.tensorflow.lockstep.Lockstep`): the same numbers with
             two layers' K gradients alive at most instead of up to K-1 copies of all of them.
             False exists for the benchmark.
-        source_names: ``id(layer)`` -> the graph node that names the losses the layer adds
-            (:func:`gradviz.model.topology.build_topology_and_sources`); a layer not in it
-            names them by its own name.
-        loss_terms: ``fn(model, x, y) -> {name: scalar}``, the terms of a custom training
-            step; they replace the compiled and added losses.
         loss_scale: scale each loss by this before differentiating and the gradients back
             after (mixed precision, as Keras's ``LossScaleOptimizer``); None: no scaling.
 
