@@ -193,3 +193,14 @@ def test_an_output_of_a_later_call_is_redrawn_from_json_on_its_call() -> None:
     dot = build_dot(again)
     assert ("shared#2", "loss:B") in data_edges(dot) and ("shared", "loss:B") not in data_edges(dot)
     assert dot == build_dot(report)
+    assert [f.kind for f in again.findings if f.kind == "blocked-path"] == []  # mid feeds B's call only
+
+
+@pytest.mark.parametrize("build", [shared_dense, siamese])
+def test_what_feeds_a_later_call_is_not_upstream_of_the_first_calls_outputs(build: Any) -> None:
+    """shared_dense: ``mid`` feeds only ``shared``'s second call (head B), so head A's loss not reaching it is no
+    blocked path (the single ``shared`` node made ``mid`` look upstream of A: a false ERROR finding)."""
+    report = gradviz.analyze(build(), batch_size=8)
+    assert [f for f in report.findings if f.kind == "blocked-path"] == []
+    if build is shared_dense:
+        assert report.layer("mid").grad_norm.get("A") is None  # A's gradient indeed never reaches mid

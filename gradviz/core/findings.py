@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 import networkx as nx
 import numpy as np
 
-from gradviz.core.graph import Topology, loss_anchor
+from gradviz.core.graph import Topology, loss_anchor, upstream
 from gradviz.core.report import SEVERITIES, Finding, LayerInfo
 from gradviz.core.spec import LossSpec
 from gradviz.core.stats import GradientStats
@@ -308,9 +308,11 @@ class BlockedPath(Check):
             out_node = loss_anchor(topology, term.output, term.source)  # an endpoint layer for an add_loss term
             if not out_node:
                 continue
-            upstream = nx.ancestors(graph, out_node) | {out_node}
+            # call by call: what feeds a reused layer's later call does not feed what its first call feeds
+            call = topology.output_calls.get(term.output or "", 1) if term.source == "compile" else 1
+            feeding = upstream(graph, out_node, call)
             blocked = [info.name for info in evidence.trainable
-                       if info.name in upstream and info.grad_norm.get(name) is None and info.name not in endpoints]
+                       if info.name in feeding and info.grad_norm.get(name) is None and info.name not in endpoints]
             groups: dict[tuple[str, ...], list[str]] = {}
             for layer in blocked:
                 groups.setdefault(self._first_blockers(evidence, layer, out_node), []).append(layer)

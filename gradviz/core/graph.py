@@ -77,6 +77,43 @@ _ID_PRESERVING = frozenset({"Reshape", "Flatten", "Permute", "GetItem", "Slice",
                             "RepeatVector", "Identity", "Masking"})
 
 
+def upstream(graph: nx.DiGraph, node: str, call: int = 1) -> set[str]:
+    """The nodes whose output reaches ``node``'s call ``call``, itself included, call by call.
+
+    A reused layer is one node whose edges say which of its calls they join (edge attribute
+    ``calls``: ``[[source call, target call], ...]``, ``[[1, 1]]`` when absent), so plain
+    ancestry would wrongly put whatever feeds its second call upstream of what its first call
+    feeds. Calls are told apart only on nodes that record them (``call_scopes``); on the others
+    every call is the same node.
+
+    Example:
+        >>> g = nx.DiGraph()
+        >>> g.add_nodes_from(["x", "mid", "A", "B"]); g.add_node("shared", call_scopes=["", ""])
+        >>> g.add_edge("x", "shared", calls=[[1, 1]]); g.add_edge("shared", "mid", calls=[[1, 1]])
+        >>> g.add_edge("mid", "shared", calls=[[1, 2]]); g.add_edge("shared", "A", calls=[[1, 1]])
+        >>> g.add_edge("shared", "B", calls=[[2, 1]])
+        >>> sorted(upstream(g, "A")), sorted(upstream(g, "B"))
+        (['A', 'shared', 'x'], ['B', 'mid', 'shared', 'x'])
+    """
+    def state(name: str, number: int) -> tuple[str, int]:
+        return (name, number if "call_scopes" in graph.nodes[name] else 1)
+
+    start = state(node, call)
+    seen = {start}
+    todo = [start]
+    while todo:
+        target, target_call = todo.pop()
+        for source in graph.predecessors(target):
+            for source_call, edge_call in graph.edges[source, target].get("calls") or [[1, 1]]:
+                if state(target, edge_call) != (target, target_call):
+                    continue
+                found = state(source, source_call)
+                if found not in seen:
+                    seen.add(found)
+                    todo.append(found)
+    return {name for name, _ in seen}
+
+
 def input_id_ranges(topology: Topology) -> dict[str, int]:
     """For each model input that feeds an Embedding (at any nesting depth), its vocabulary size.
 
